@@ -1,0 +1,98 @@
+"""Static model registry: name -> how to build it, its weights file and sha256, and its model card.
+
+Classical methods are models too (kind="classical"), so every path works end to end and users compare like
+with like. Learned entries point at a builder in one file per architecture and at weights in ../weights.
+Adding a model = adding one ModelSpec here; nothing is discovered at run time and no config is eval'ed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str  # "sr" | "denoise"
+    kind: str  # "classical" | "learned"
+    modalities: tuple[str, ...]  # subset of ("mr", "ct")
+    summary: str
+    # Learned models only:
+    arch: str = ""  # module in MedSREnhanceLib.models holding the architecture, e.g. "srnet"
+    builder: str = ""  # class or function in that module
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str = ""  # file name in weights/
+    sha256: str = ""
+    card: str = ""  # model card JSON in weights/
+    normalisation: str = "mr"  # see normalise.forward
+    # Which scales the model serves. "none": denoising (grid kept); "isotropic": integer factors in `scales`
+    # on every axis; "axis": one axis upsampled by any factor in [scale_min, scale_max], others 1.
+    scale_mode: str = "none"
+    scales: tuple[float, ...] = ()
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+    # Classical models only: the method and its default parameters.
+    method: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def card_data(self) -> dict[str, Any]:
+        if not self.card:
+            return {}
+        path = WEIGHTS_DIR / self.card
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+CLASSICAL: tuple[ModelSpec, ...] = (
+    ModelSpec("linear", "sr", "classical", ("mr", "ct"), "Trilinear interpolation", method="linear",
+              scale_mode="any"),
+    ModelSpec("bspline", "sr", "classical", ("mr", "ct"), "Cubic B-spline interpolation", method="bspline",
+              scale_mode="any"),
+    ModelSpec("sinc", "sr", "classical", ("mr", "ct"), "Hamming-windowed sinc interpolation", method="sinc",
+              scale_mode="any"),
+    ModelSpec("gaussian", "denoise", "classical", ("mr", "ct"), "Gaussian smoothing (sigma in voxels)",
+              method="gaussian", params={"sigma": 0.8}),
+    ModelSpec("anisotropic-diffusion", "denoise", "classical", ("mr", "ct"),
+              "Curvature anisotropic diffusion (SimpleITK)", method="curvature_diffusion",
+              params={"iterations": 5, "conductance": 1.0, "time_step": 0.0625}),
+    ModelSpec("nlmeans", "denoise", "classical", ("mr", "ct"), "Non-local means (scikit-image, 3D)",
+              method="nlmeans", params={"h_factor": 0.8, "patch_size": 3, "patch_distance": 4}),
+)
+
+# Learned models: filled in as they are trained (see weights/*.json for each card).
+LEARNED: tuple[ModelSpec, ...] = ()
+
+REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in CLASSICAL + LEARNED}
+
+
+def get(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verified_weights_path(spec: ModelSpec) -> Path:
+    """The weights file of ``spec`` after checking its sha256 (never load unverified weights)."""
+    path = WEIGHTS_DIR / spec.weights
+    if not path.exists():
+        raise InputError(f"weights of model {spec.name!r} are missing: {path}")
+    actual = sha256_of(path)
+    if actual != spec.sha256:
+        raise InputError(f"weights of model {spec.name!r} fail their sha256 check ({actual[:12]}... != "
+                         f"{spec.sha256[:12]}...): reinstall the package")
+    return path
