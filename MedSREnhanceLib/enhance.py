@@ -1,0 +1,219 @@
+"""The high-level call: ``enhance(volume, task=..., model=..., scale=...) -> EnhanceResult``.
+
+Flow: validate -> pick the model (registry; "auto" by task, modality and scale) -> run it (classical: SimpleITK /
+scikit-image; learned: normalise, tiled network, denormalise) -> difference map on the output grid.
+Tasks are entries of ``TASKS`` and model kinds entries of ``RUNNERS`` so new ones (motion, uncertainty maps)
+slot in without if-chains.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from . import baselines, normalise
+from .errors import CancelledError, InputError
+from .progress import CancelFn, Progress, ProgressFn
+from .models import registry
+from .models.registry import ModelSpec
+from .resample import resample_scale, resample_to
+from .volume import Scale, Volume, parse_scale, resized_geometry, validate
+
+logger = logging.getLogger(__name__)
+
+TASKS: dict[str, str] = {"sr": "super-resolution", "denoise": "denoising"}
+
+
+@dataclass
+class EnhanceResult:
+    enhanced: Volume
+    difference: Volume  # enhanced minus the input resampled (cubic B-spline) onto the output grid
+    model: str
+    task: str
+    scale: Scale
+    device: str
+    seconds: float
+    messages: list[str] = field(default_factory=list)
+    extras: dict[str, Volume] = field(default_factory=dict)  # room for uncertainty / data-consistency maps
+
+
+def infer_modality(volume: Volume) -> str:
+    """DICOM Modality when known, else CT if the volume holds air-like HU values (far below 0), else MR."""
+    tag = str(volume.metadata.get("modality", "")).upper()
+    if tag in ("CT", "MR"):
+        return tag.lower()
+    low = float(np.percentile(volume.array, 1))
+    return "ct" if low < -500 else "mr"
+
+
+def _is_identity(scale: Scale) -> bool:
+    return all(abs(s - 1.0) < 1e-9 for s in scale)
+
+
+def serves(spec: ModelSpec, task: str, scale: Scale) -> bool:
+    """Whether ``spec`` can run ``task`` at ``scale`` (in index order)."""
+    if spec.task != task:
+        return False
+    if task == "denoise" or spec.scale_mode == "any":
+        return True
+    if spec.scale_mode == "isotropic":
+        # One integer model serves isotropic factors up to its own (finer ones are resampled after it).
+        return len(set(scale)) == 1 and 1 < scale[0] <= max(spec.scales)
+    if spec.scale_mode == "axis":
+        up = [s for s in scale if abs(s - 1.0) > 1e-9]
+        return len(up) == 1 and spec.scale_min - 1e-9 <= up[0] <= spec.scale_max + 1e-9
+    return False
+
+
+def select_model(task: str, modality: str, scale: Scale) -> ModelSpec:
+    """Best bundled model for the request: a learned one that serves it, else the classical default."""
+    candidates = [s for s in registry.LEARNED if modality in s.modalities and serves(s, task, scale)]
+    if candidates:
+        # Isotropic: the smallest integer factor >= the request (least resampling after the network).
+        return min(candidates, key=lambda s: max(s.scales) if s.scales else 0)
+    return registry.get("bspline" if task == "sr" else "nlmeans")
+
+
+@functools.lru_cache(maxsize=8)
+def _load_network(name: str) -> Any:
+    """Build a learned model and load its sha256-verified weights (cached per process)."""
+    import torch
+
+    spec = registry.get(name)
+    module = importlib.import_module(f"{__package__}.models.{spec.arch}")
+    net = getattr(module, spec.builder)(**spec.kwargs)
+    state = torch.load(registry.verified_weights_path(spec), map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    return net.eval()
+
+
+def _run_classical(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, Any]) -> Volume:
+    params = {**spec.params, **(ctx["params"] or {})}
+    _report(ctx, 0, 1)
+    out = baselines.run(spec.method, volume, scale, params)
+    _report(ctx, 1, 1)
+    return out
+
+
+def _report(ctx: dict[str, Any], done: int, total: int) -> None:
+    if ctx["cancel"] is not None and ctx["cancel"]():
+        raise CancelledError("cancelled by the user")
+    if ctx["progress"] is not None:
+        elapsed = time.perf_counter() - ctx["t0"]
+        ctx["progress"](Progress(done, total, elapsed, 0.0 if done == total else None))
+
+
+def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, Any]) -> Volume:
+    import torch
+
+    from .inference import choose_device, run_with_fallback
+
+    try:
+        device = choose_device(ctx["device"])
+    except (ValueError, RuntimeError) as exc:
+        raise InputError(str(exc)) from None
+    net = _load_network(spec.name)
+    halo = int(getattr(net, "halo", 16))
+    width = int(getattr(net, "width", 64))
+    array, norm = normalise.forward(volume.array, spec.normalisation)
+
+    def make_net(dev: torch.device) -> Any:
+        return net.to(dev)
+
+    common = dict(halo=halo, width=width, device=device, precision=ctx["precision"], tile=ctx["tile"],
+                  progress=ctx["progress"], cancel=ctx["cancel"], messages=ctx["messages"])
+    if spec.scale_mode == "none":
+        out = run_with_fallback(array, make_net, scale=(1, 1, 1), **common)
+        result = volume.with_array(normalise.inverse(out, norm))
+    elif spec.scale_mode == "isotropic":
+        factor = min(int(f) for f in spec.scales if f >= scale[0] - 1e-9)
+        out = run_with_fallback(array, make_net, scale=(factor,) * 3, **common)
+        size, spacing, origin = resized_geometry(volume, (factor,) * 3)
+        result = Volume(normalise.inverse(out, norm), spacing, origin, volume.direction, dict(volume.metadata))
+        if abs(factor - scale[0]) > 1e-9:
+            ctx["messages"].append(f"ran the x{factor} model and resampled to x{scale[0]:g} (cubic B-spline)")
+            target = Volume(np.zeros(resized_geometry(volume, scale)[0][::-1], np.float32),
+                            *resized_geometry(volume, scale)[1:], volume.direction)
+            result = resample_to(result, target, "bspline")
+    elif spec.scale_mode == "axis":
+        axis = next(i for i, s in enumerate(scale) if abs(s - 1.0) > 1e-9)  # index axis i/j/k
+        pre = resample_scale(volume.with_array(array), scale, "bspline")
+        dim = 2 - axis  # the array is (k, j, i)
+        moved = np.moveaxis(pre.array, dim, 0)  # slice axis first: the network's D
+        out = run_with_fallback(np.ascontiguousarray(moved), make_net, scale=(1, 1, 1), **common)
+        result = pre.with_array(normalise.inverse(np.moveaxis(out, 0, dim), norm))
+    else:
+        raise ValueError(f"model {spec.name} has an unknown scale mode {spec.scale_mode!r}")
+    ctx["device_used"] = str(device) if not any("running on the CPU" in m for m in ctx["messages"]) else "cpu"
+    if spec.normalisation == "mr" and float(volume.array.min()) >= 0:
+        result = result.with_array(np.maximum(result.array, 0))  # magnitude images stay non-negative
+    return result
+
+
+RUNNERS: dict[str, Callable[[ModelSpec, Volume, Scale, dict[str, Any]], Volume]] = {
+    "classical": _run_classical,
+    "learned": _run_learned,
+}
+
+
+def enhance(
+    volume: Volume,
+    *,
+    task: str = "sr",
+    model: str = "auto",
+    modality: str = "auto",
+    scale: float | str | tuple[float, ...] = 1,
+    device: str = "auto",
+    tile: Optional[int] = None,
+    precision: str = "auto",
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelFn] = None,
+    params: Optional[dict[str, Any]] = None,
+) -> EnhanceResult:
+    """Enhance ``volume``; returns the enhanced volume (output grid) and the difference map.
+
+    ``scale`` is in index order (i, j, k): 2 is isotropic, (1, 1, 4) through-plane along k; non-integer factors
+    are fine. ``task="denoise"`` keeps the grid. ``params`` overrides a classical model's parameters.
+    """
+    t0 = time.perf_counter()
+    validate(volume)
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    factors = parse_scale(scale)
+    if task == "denoise" and not _is_identity(factors):
+        raise InputError("denoising keeps the grid: leave --scale at 1")
+    if task == "sr" and (_is_identity(factors) or min(factors) < 1):
+        raise InputError(f"super-resolution needs a scale >= 1 on every axis and > 1 on one, got {factors}")
+    if modality == "auto":
+        modality = infer_modality(volume)
+    if modality not in ("mr", "ct"):
+        raise InputError(f"unknown modality {modality!r}; use mr, ct or auto")
+    if tile is not None and tile < 8:
+        raise InputError(f"tile must be at least 8 voxels, got {tile}")
+    messages: list[str] = []
+    if model == "auto":
+        spec = select_model(task, modality, factors)
+        if spec.kind == "classical":
+            messages.append(f"no bundled learned model for {TASKS[task]} of {modality.upper()} at scale "
+                            f"{','.join(f'{s:g}' for s in factors)}: used {spec.summary}")
+    else:
+        spec = registry.get(model)
+        if not serves(spec, task, factors):
+            raise InputError(f"model {spec.name!r} does not serve {TASKS[task]} at scale "
+                             f"{','.join(f'{s:g}' for s in factors)}")
+    total_voxels = math.prod(resized_geometry(volume, factors)[0])
+    logger.info("enhance: %s with %s, scale %s, %d output voxels", task, spec.name, factors, total_voxels)
+    ctx: dict[str, Any] = {"device": device, "tile": tile, "precision": precision, "progress": progress,
+                           "cancel": cancel, "messages": messages, "params": params, "t0": t0,
+                           "device_used": "cpu"}
+    enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
+    reference = volume if task == "denoise" else resample_to(volume, enhanced, "bspline")
+    difference = enhanced.with_array(enhanced.array - reference.array)
+    return EnhanceResult(enhanced, difference, spec.name, task, factors, ctx["device_used"],
+                         time.perf_counter() - t0, messages)

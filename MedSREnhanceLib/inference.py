@@ -1,0 +1,238 @@
+"""Tiled inference of a volume-to-volume network: device and precision choice, progress, cancel, OOM fallback.
+
+``tiled_apply`` is the one pure function doing the work; everything else chooses its arguments. Two stitching
+modes, after MONAI's sliding-window inferer but with separate window and output devices and per-axis output
+scale (super-resolution windows write more voxels than they read):
+- "crop": for fully convolutional nets. Each tile is read with a halo >= the receptive-field radius and the halo
+  is cropped before stitching, so the result equals an untiled run up to float rounding.
+- "blend": for nets with pooling or global context. Overlapping windows averaged with Gaussian weights.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import CancelledError
+from .progress import CancelFn, Progress, ProgressFn
+
+logger = logging.getLogger(__name__)
+
+Net = Callable[[torch.Tensor], torch.Tensor]
+
+
+def choose_device(device: str = "auto") -> torch.device:
+    """"auto" = cuda, then mps, then cpu; anything else is passed to torch (e.g. "cuda:1")."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[torch.dtype]:
+    """Mixed precision where it helps: fp16/bf16 on GPUs. On CPU, fp32 unless asked ("bf16" uses AMX)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def _starts(n: int, tile: int, step: int) -> list[int]:
+    """Window starts covering [0, n) with windows of ``tile`` (the last one flush with the end)."""
+    if n <= tile:
+        return [0]
+    starts = list(range(0, n - tile, step)) + [n - tile]
+    return sorted(set(starts))
+
+
+def _gaussian_window(shape: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    axes = []
+    for n in shape:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        sigma = max(n * sigma_scale, 1e-3)
+        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
+    w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    return np.maximum(w / w.max(), 1e-3).astype(np.float32)  # never 0: every voxel gets some weight
+
+
+def tiled_apply(
+    array: np.ndarray,
+    net: Net,
+    *,
+    scale: tuple[int, int, int] = (1, 1, 1),
+    tile: int | tuple[int, int, int] = 64,
+    halo: int = 8,
+    mode: str = "crop",
+    overlap: float = 0.25,
+    device: torch.device | str = "cpu",
+    dtype: Optional[torch.dtype] = None,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelFn] = None,
+) -> np.ndarray:
+    """Apply ``net`` to a (D, H, W) array tile by tile; returns (D*s0, H*s1, W*s2) float32 on the CPU.
+
+    ``tile`` is the core size in input voxels (per axis or one for all); ``halo`` the margin read around each core
+    ("crop" mode). ``net`` takes and returns (1, 1, d, h, w) tensors on ``device``; output windows are moved to
+    the CPU at once so device memory holds one window at a time.
+    """
+    if array.ndim != 3:
+        raise ValueError(f"tiled_apply needs a 3D array, got shape {array.shape}")
+    device = torch.device(device)
+    tiles = (tile,) * 3 if isinstance(tile, int) else tuple(tile)
+    shape = array.shape
+    out_shape = tuple(n * s for n, s in zip(shape, scale))
+    out = np.zeros(out_shape, np.float32)
+    if mode == "crop":
+        steps = [min(t, n) for t, n in zip(tiles, shape)]
+        grid = [list(range(0, n, st)) for n, st in zip(shape, steps)]
+        weights = None
+    elif mode == "blend":
+        win = [min(t, n) for t, n in zip(tiles, shape)]
+        grid = [_starts(n, w, max(1, int(round(w * (1 - overlap))))) for n, w in zip(shape, win)]
+        weights = np.zeros(out_shape, np.float32)
+        window_w = _gaussian_window([w * s for w, s in zip(win, scale)])
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    positions = [(a, b, c) for a in grid[0] for b in grid[1] for c in grid[2]]
+    total = len(positions)
+    t0 = time.perf_counter()
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else _nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        for done, start in enumerate(positions):
+            if cancel is not None and cancel():
+                raise CancelledError("cancelled by the user")
+            if mode == "crop":
+                core = [(s0, min(s0 + st, n)) for s0, st, n in zip(start, steps, shape)]
+                read = [(max(0, a - halo), min(n, b + halo)) for (a, b), n in zip(core, shape)]
+            else:
+                core = read = [(s0, s0 + w) for s0, w in zip(start, win)]
+            block = array[read[0][0]:read[0][1], read[1][0]:read[1][1], read[2][0]:read[2][1]]
+            x = torch.from_numpy(np.ascontiguousarray(block))[None, None].to(device)
+            y = net(x).float()[0, 0].cpu().numpy()
+            # Crop the halo in output voxels: offset of the core inside the read block, times the scale.
+            sl = tuple(
+                slice((c0 - r0) * s, (c1 - r0) * s) for (c0, c1), (r0, _), s in zip(core, read, scale)
+            )
+            dst = tuple(slice(c0 * s, c1 * s) for (c0, c1), s in zip(core, scale))
+            if weights is None:
+                out[dst] = y[sl]
+            else:
+                out[dst] += y[sl] * window_w
+                weights[dst] += window_w
+            if progress is not None:
+                elapsed = time.perf_counter() - t0
+                eta = elapsed / (done + 1) * (total - done - 1)
+                progress(Progress(done + 1, total, elapsed, eta))
+    if weights is not None:
+        out /= weights
+    return out
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def auto_tile(
+    shape: Sequence[int], scale: Sequence[int], width: int, device: torch.device, halo: int
+) -> int:
+    """Largest cubic core (multiple of 8) whose working set fits a fraction of the free memory.
+
+    Working set per read voxel ~ 4 bytes x (3 live feature maps of ``width`` channels + scale^3 output voxels
+    x 4 for the upsampling tail). GPU: half the free memory; CPU: a quarter of available RAM, capped at 4 GB
+    so the rest of Slicer keeps room.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free * 0.5
+    else:
+        budget = min(_available_ram() * 0.25, 4e9)
+    per_voxel = 4.0 * (3 * width + 4 * math.prod(scale))
+    voxels = budget / per_voxel
+    side = int(voxels ** (1 / 3)) - 2 * halo
+    side = max(16, (side // 8) * 8)
+    return min(side, max(shape))
+
+
+def _available_ram() -> float:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8e9
+
+
+def is_oom(exc: BaseException) -> bool:
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def run_with_fallback(
+    array: np.ndarray,
+    make_net: Callable[[torch.device], Net],
+    *,
+    scale: tuple[int, int, int],
+    halo: int,
+    width: int,
+    device: torch.device,
+    precision: str = "auto",
+    tile: Optional[int] = None,
+    mode: str = "crop",
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelFn] = None,
+    messages: Optional[list[str]] = None,
+    min_tile: int = 16,
+) -> np.ndarray:
+    """``tiled_apply`` that survives GPU out-of-memory: halve the tile until ``min_tile``, then run on the CPU.
+
+    Every fallback is appended to ``messages`` so the CLI and the Slicer panel can say what happened.
+    """
+    notes = messages if messages is not None else []
+    current = tile or auto_tile(array.shape, scale, width, device, halo)
+    while True:
+        try:
+            net = make_net(device)
+            logger.info("tiled inference on %s, tile %d, halo %d", device, current, halo)
+            return tiled_apply(
+                array, net, scale=scale, tile=current, halo=halo, mode=mode, device=device,
+                dtype=autocast_dtype(device, precision), progress=progress, cancel=cancel,
+            )
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            if not is_oom(exc) or device.type == "cpu":
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if current // 2 >= min_tile:
+                current //= 2
+                notes.append(f"{device} out of memory: retrying with tile {current}")
+            else:
+                notes.append(f"{device} out of memory even with tile {current}: running on the CPU")
+                device = torch.device("cpu")
+                current = tile or auto_tile(array.shape, scale, width, device, halo)
+            logger.warning(notes[-1])

@@ -1,0 +1,145 @@
+"""Volume I/O through SimpleITK: NIfTI, NRRD, MetaImage and DICOM series; atomic writes.
+
+Every failure the user can fix becomes an ``InputError`` with one line naming the problem.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import SimpleITK as sitk
+
+from .errors import InputError
+from .resample import from_sitk, to_sitk
+from .volume import Volume
+
+logger = logging.getLogger(__name__)
+
+# Extensions SimpleITK writes in one file, and the two that write a header plus a data file.
+SINGLE_FILE = (".nii", ".nii.gz", ".nrrd", ".mha")
+HEADER_PLUS_DATA = (".nhdr", ".mhd")
+WRITABLE = SINGLE_FILE + HEADER_PLUS_DATA
+
+
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    for ext in WRITABLE:
+        if name.endswith(ext):
+            return ext
+    return path.suffix.lower()
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # ITK messages start with the source location; the last non-empty line is the human part.
+    for ln in reversed(lines):
+        if not ln.startswith(("itk::", "/")) and "Exception" not in ln:
+            return ln
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _check_image(image: sitk.Image, name: str) -> None:
+    dim = image.GetDimension()
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                         "a scalar volume is needed")
+    if dim == 2:
+        raise InputError(f"{name} is 2D ({image.GetSize()[0]}x{image.GetSize()[1]}); a 3D volume is needed")
+    if dim == 4:
+        raise InputError(f"{name} is 4D ({image.GetSize()[3]} volumes); a single 3D volume is needed")
+    if dim != 3:
+        raise InputError(f"{name} has {dim} dimensions; a 3D volume is needed")
+    size = image.GetSize()
+    if 0 in size:
+        raise InputError(f"{name} is empty (size {size})")
+    if 1 in size:
+        raise InputError(f"{name} is a single slice ({'x'.join(map(str, size))}), i.e. 2D; a 3D volume is needed")
+
+
+def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> Volume:
+    reader = sitk.ImageSeriesReader()
+    uids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    if not uids:
+        raise InputError(f"no DICOM series found in folder {folder}")
+    if series_uid is not None:
+        if series_uid not in uids:
+            raise InputError(f"series {series_uid} not in {folder} (found: {', '.join(uids)})")
+        chosen = series_uid
+    else:
+        counts = {uid: len(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
+        chosen = max(uids, key=lambda u: counts[u])
+        if len(uids) > 1:
+            logger.warning("%s holds %d DICOM series; using the largest, %s (%d files); pass a series UID to "
+                           "choose another", folder, len(uids), chosen, counts[chosen])
+    files = reader.GetGDCMSeriesFileNames(str(folder), chosen)
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read DICOM series {chosen} in {folder}: {_first_line(exc)}") from None
+    _check_image(image, f"DICOM series {chosen}")
+    meta: dict = {"source": str(folder), "series_uid": chosen, "series_count": len(uids)}
+    if reader.HasMetaDataKey(0, "0008|0060"):
+        meta["modality"] = reader.GetMetaData(0, "0008|0060").strip().upper()
+    return from_sitk(sitk.Cast(image, sitk.sitkFloat32), meta)
+
+
+def read_volume(path: str | os.PathLike, series_uid: Optional[str] = None) -> Volume:
+    """Read a 3D scalar volume from a file or a DICOM series folder, keeping spacing, origin and direction."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input not found: {p}")
+    if p.is_dir():
+        return _read_dicom_series(p, series_uid)
+    try:
+        image = sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read {p}: {_first_line(exc)}") from None
+    _check_image(image, str(p))
+    meta: dict = {"source": str(p)}
+    if image.HasMetaDataKey("0008|0060"):
+        meta["modality"] = image.GetMetaData("0008|0060").strip().upper()
+    return from_sitk(sitk.Cast(image, sitk.sitkFloat32), meta)
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse an output path before any work is done: unknown format, missing or unwritable folder."""
+    p = Path(path)
+    if _extension(p) not in WRITABLE:
+        raise InputError(f"cannot write {p}: unsupported format (use one of {', '.join(WRITABLE)})")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"cannot write {p}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"cannot write {p}: folder {parent} is not writable")
+    if p.is_dir():
+        raise InputError(f"cannot write {p}: it is a folder")
+    return p
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write atomically: into a temporary folder beside the target, then renamed into place.
+
+    Header-plus-data formats (.nhdr, .mhd) are written under their final names in the temporary folder, so the
+    header's reference to its data file stays valid; the data file is moved first and the header last.
+    """
+    p = check_writable(path)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
+    try:
+        target = tmpdir / p.name
+        try:
+            sitk.WriteImage(to_sitk(volume), str(target), compress)
+        except RuntimeError as exc:
+            raise InputError(f"cannot write {p}: {_first_line(exc)}") from None
+        written = sorted(tmpdir.iterdir(), key=lambda f: f.name == p.name)  # header (the target name) last
+        for f in written:
+            os.replace(f, p.parent / f.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return p
+
