@@ -32,17 +32,19 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
     volume = read_volume(args.input, series_uid=args.series_uid)
     validate(volume, f"input {args.input}")
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=1, unit="tile", desc="enhance", file=sys.stderr, leave=False)
+    bar: Any = None
 
     def progress(p: Any) -> None:
-        if bar is not None:
-            bar.total = p.total
-            bar.n = p.done
-            bar.refresh()
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:  # created on the first report, so refused requests print no empty bar
+            from tqdm import tqdm
+
+            bar = tqdm(total=p.total, unit="tile", desc="enhance", file=sys.stderr, leave=False)
+        bar.total = p.total
+        bar.n = p.done
+        bar.refresh()
 
     try:
         result = enhance(volume, task=args.task, model=args.model, modality=args.modality, scale=args.scale,
