@@ -1,0 +1,481 @@
+"""MRML adapter: Volume <-> vtkMRMLScalarVolumeNode, and enhancement of a volume node into two result nodes.
+
+The only module of the library that imports ``slicer``; it runs inside 3D Slicer and with slicer-core (Slicer's
+MRML/logic libraries without Qt), where it is tested. Geometry is exact: MRML stores IJK->RAS, the library
+LPS (ITK), and the two differ by diag(-1, -1, 1) on the physical side only, so oblique and left-handed grids
+survive the round trip.
+
+Scene rule: the engine runs first on a copy of the input voxels; nodes are created or modified only after it
+succeeds and no cancel was requested, so a failed or cancelled run leaves the scene exactly as it was.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import slicer
+import vtk
+
+from . import slicer_helpers as helpers
+from .errors import CancelledError, InputError
+from .volume import Volume, parse_scale
+
+logger = logging.getLogger(__name__)
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+# ID under which Slicer's colour logic registers Base/Logic/Resources/ColorFiles/DivergingBlueRed.txt.
+DIVERGING_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
+FALLBACK_COLOR_NODE_NAME = "DivergingBlueRed"
+ATTR_ROLE = "MedSREnhance.Role"  # "enhanced" | "difference" | "colors"
+ATTR_INPUT = "MedSREnhance.InputNodeID"
+ATTR_MODEL = "MedSREnhance.Model"
+
+ProgressFn = Callable[[Any], None]
+CancelFn = Callable[[], bool]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Geometry
+# ----------------------------------------------------------------------------------------------------------------
+
+def ijk_to_ras(volume: Volume) -> np.ndarray:
+    """4x4 IJK->RAS of ``volume``: LPS->RAS applied to [direction * spacing | origin]."""
+    m = np.eye(4)
+    m[:3, :3] = LPS_TO_RAS @ volume.direction @ np.diag(volume.spacing)
+    m[:3, 3] = LPS_TO_RAS @ np.asarray(volume.origin)
+    return m
+
+
+def geometry_from_ijk_to_ras(matrix: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...], np.ndarray]:
+    """(spacing, origin, direction) in the library's LPS convention from a 4x4 IJK->RAS."""
+    m = np.asarray(matrix, dtype=np.float64)
+    lps = LPS_TO_RAS @ m[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    if np.any(spacing <= 0):
+        raise InputError(f"volume has a degenerate IJK->RAS matrix (spacing {tuple(spacing)})")
+    direction = lps / spacing
+    origin = LPS_TO_RAS @ m[:3, 3]
+    return tuple(float(s) for s in spacing), tuple(float(o) for o in origin), direction
+
+
+def _vtk_matrix(m: np.ndarray) -> vtk.vtkMatrix4x4:
+    out = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            out.SetElement(r, c, float(m[r, c]))
+    return out
+
+
+def node_ijk_to_ras(node: Any) -> np.ndarray:
+    vm = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(vm)
+    return np.array([[vm.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def volume_from_node(node: Any) -> Volume:
+    """A copy of the node's voxels (float32, (k, j, i)) with its own grid; the parent transform is not applied
+    (results are placed under the same transform instead, which is exact and keeps them editable)."""
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError("input must be a scalar volume node")
+    image = node.GetImageData()
+    if image is None or image.GetNumberOfPoints() == 0:
+        raise InputError(f"volume {node.GetName()!r} has no voxels")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"volume {node.GetName()!r} has {image.GetNumberOfScalarComponents()} components; "
+                         "a scalar volume is needed")
+    array = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32, copy=True)
+    spacing, origin, direction = geometry_from_ijk_to_ras(node_ijk_to_ras(node))
+    metadata: dict[str, Any] = {"name": node.GetName()}
+    modality = _dicom_modality(node)
+    if modality:
+        metadata["modality"] = modality
+    return Volume(array, spacing, origin, direction, metadata)
+
+
+def set_node_from_volume(node: Any, volume: Volume) -> None:
+    """Replace the node's voxels and grid by ``volume``'s (float32)."""
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array, dtype=np.float32))
+    node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras(volume)))
+    node.Modified()
+
+
+def _dicom_modality(node: Any) -> Optional[str]:
+    """"mr"/"ct" from DICOM attributes Slicer keeps on the node, else None (then the engine infers it)."""
+    raw = node.GetAttribute("DICOM.Modality") or ""
+    raw = raw.strip().upper()
+    return {"MR": "mr", "CT": "ct"}.get(raw)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scene helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+def _diverging_colors(n: int = 256) -> np.ndarray:
+    """Blue -> near white -> red ramp (n x 3, 0..1) for scenes without Slicer's colour files (slicer-core)."""
+    stops = np.array([
+        [0.02, 0.19, 0.38], [0.26, 0.58, 0.76], [0.82, 0.90, 0.94],
+        [0.97, 0.97, 0.97],
+        [0.99, 0.86, 0.78], [0.84, 0.38, 0.30], [0.40, 0.00, 0.12],
+    ])
+    x = np.linspace(0.0, 1.0, len(stops))
+    t = np.linspace(0.0, 1.0, n)
+    return np.stack([np.interp(t, x, stops[:, c]) for c in range(3)], axis=1)
+
+
+def diverging_color_node_id(scene: Any) -> str:
+    """Slicer's DivergingBlueRed colour table, or an equivalent one made once per scene where it is missing."""
+    if scene.GetNodeByID(DIVERGING_COLOR_NODE_ID) is not None:
+        return DIVERGING_COLOR_NODE_ID
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode")
+        if node.GetAttribute(ATTR_ROLE) == "colors":
+            return node.GetID()
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetName(FALLBACK_COLOR_NODE_NAME)
+    node.SetTypeToUser()
+    colors = _diverging_colors()
+    node.SetNumberOfColors(len(colors))
+    for i, (r, g, b) in enumerate(colors):
+        node.SetColor(i, "", float(r), float(g), float(b), 1.0)
+    node.SetAttribute(ATTR_ROLE, "colors")
+    node.SetAttribute("Category", "Continuous")
+    scene.AddNode(node)
+    return node.GetID()
+
+
+def _find_previous_output(scene: Any, input_node: Any, role: str, name: str) -> Any:
+    """The node an earlier run made for the same input, role and name (so re-runs update instead of piling up)."""
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+        if (node.GetAttribute(ATTR_ROLE) == role and node.GetAttribute(ATTR_INPUT) == input_node.GetID()
+                and node.GetName() == name):
+            return node
+    return None
+
+
+def _place_in_hierarchy(scene: Any, input_node: Any, node: Any) -> None:
+    """Put the result next to its input in the Data module tree (where subject hierarchy exists)."""
+    sh_class = getattr(slicer, "vtkMRMLSubjectHierarchyNode", None)
+    sh = sh_class.GetSubjectHierarchyNode(scene) if sh_class is not None else None
+    if sh is None:
+        return
+    parent = sh.GetItemParent(sh.GetItemByDataNode(input_node))
+    item = sh.GetItemByDataNode(node)
+    if parent and item:
+        sh.SetItemParent(item, parent)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Enhancement
+# ----------------------------------------------------------------------------------------------------------------
+
+def _normalise_scale(task: str, scale: Any) -> tuple[float, float, float]:
+    if task == "denoise":
+        return (1.0, 1.0, 1.0)
+    return parse_scale(scale)
+
+
+def _engine_call(volume: Volume, *, task: str, model: str, modality: str, scale: Sequence[float], device: str,
+                 tile: Optional[int], precision: str, progress: Optional[ProgressFn],
+                 cancel: Optional[CancelFn]) -> Any:
+    """MedSREnhanceLib.enhance.enhance with the options it supports (imported here: it pulls in torch)."""
+    from .enhance import enhance
+
+    kwargs: dict[str, Any] = dict(task=task, model=model, modality=modality, scale=tuple(scale), device=device,
+                                  tile=tile or None, progress=progress, cancel=cancel)
+    if precision and precision != "auto":
+        if "precision" in inspect.signature(enhance).parameters:
+            kwargs["precision"] = precision
+        else:
+            logger.warning("precision %r ignored: this engine version chooses precision itself", precision)
+    return enhance(volume, **kwargs)
+
+
+def _new_or_reused(scene: Any, given: Any, input_node: Any, role: str, name: str) -> tuple[Any, bool]:
+    if given is not None:
+        if not given.IsA("vtkMRMLScalarVolumeNode"):
+            raise InputError(f"{role} output must be a scalar volume node")
+        if given is input_node:
+            raise InputError(f"{role} output must not be the input volume (the input is never modified)")
+        return given, False
+    previous = _find_previous_output(scene, input_node, role, name)
+    if previous is not None:
+        return previous, False
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name)
+    scene.AddNode(node)
+    return node, True
+
+
+def _copy_display(input_node: Any, node: Any) -> None:
+    """Same colour table and window/level as the input: enhancement keeps intensities, so should the display."""
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    src, dst = input_node.GetDisplayNode(), node.GetDisplayNode()
+    if src is None or dst is None:
+        return
+    if src.GetColorNodeID():
+        dst.SetAndObserveColorNodeID(src.GetColorNodeID())
+    if src.GetAutoWindowLevel():
+        dst.AutoWindowLevelOn()
+    else:
+        dst.AutoWindowLevelOff()
+        dst.SetWindowLevel(src.GetWindow(), src.GetLevel())
+
+
+def _show_difference(scene: Any, node: Any, difference: Volume) -> None:
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(diverging_color_node_id(scene))
+    window, level = helpers.symmetric_window(difference.array)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(window, level)
+
+
+def apply_result(
+    input_node: Any,
+    result: Any,
+    *,
+    task: str,
+    scale: Sequence[float],
+    enhanced_node: Any = None,
+    difference_node: Any = None,
+) -> tuple[Any, Any]:
+    """Put an EnhanceResult into the scene as (enhanced, difference) nodes next to ``input_node``.
+
+    Must run in the thread that owns the scene. Newly created nodes are removed again if anything fails here.
+    """
+    scene = input_node.GetScene()
+    if scene is None:
+        raise InputError("input volume is not in a scene")
+    base = input_node.GetName() or "Volume"
+    created: list[Any] = []
+    try:
+        enh, new = _new_or_reused(scene, enhanced_node, input_node, "enhanced",
+                                  helpers.enhanced_name(base, task, scale))
+        if new:
+            created.append(enh)
+        diff, new = _new_or_reused(scene, difference_node, input_node, "difference", helpers.difference_name(base))
+        if new:
+            created.append(diff)
+        if enh is diff:
+            raise InputError("enhanced and difference outputs must be different nodes")
+        for node, vol, role in ((enh, result.enhanced, "enhanced"), (diff, result.difference, "difference")):
+            was_modifying = node.StartModify()
+            set_node_from_volume(node, vol)
+            node.SetAttribute(ATTR_ROLE, role)
+            node.SetAttribute(ATTR_INPUT, input_node.GetID())
+            node.SetAttribute(ATTR_MODEL, str(getattr(result, "model", "")))
+            node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
+            node.EndModify(was_modifying)
+            _place_in_hierarchy(scene, input_node, node)
+        _copy_display(input_node, enh)
+        _show_difference(scene, diff, result.difference)
+    except BaseException:
+        for node in created:
+            scene.RemoveNode(node)
+        raise
+    return enh, diff
+
+
+def compute(
+    input_node: Any,
+    *,
+    task: str,
+    model: str = "auto",
+    scale: Any = 1,
+    device: str = "auto",
+    modality: str = "auto",
+    tile: Optional[int] = None,
+    precision: str = "auto",
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelFn] = None,
+) -> Any:
+    """Read the node (scene thread) and run the engine; returns the EnhanceResult, touching no node."""
+    return compute_volume(volume_from_node(input_node), task=task, model=model, scale=scale, device=device,
+                          modality=modality, tile=tile, precision=precision, progress=progress, cancel=cancel)
+
+
+def compute_volume(volume: Volume, *, task: str, model: str = "auto", scale: Any = 1, device: str = "auto",
+                   modality: str = "auto", tile: Optional[int] = None, precision: str = "auto",
+                   progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Any:
+    """The engine call alone (safe in a worker thread: no MRML access)."""
+    if task not in helpers.TASKS:
+        raise InputError(f"unknown task {task!r}; expected one of {', '.join(helpers.TASKS)}")
+    if modality == "auto" and volume.metadata.get("modality"):
+        modality = volume.metadata["modality"]
+    result = _engine_call(volume, task=task, model=model, modality=modality, scale=_normalise_scale(task, scale),
+                          device=device, tile=tile, precision=precision, progress=progress, cancel=cancel)
+    # A cancel that arrives during the last tile still wins: the user asked for the scene to stay as it was.
+    if cancel is not None and cancel():
+        raise CancelledError("cancelled by the user")
+    for msg in getattr(result, "messages", []) or []:
+        logger.warning("%s", msg)
+    return result
+
+
+def enhance_volume_node(
+    input_node: Any,
+    *,
+    task: str,
+    model: str = "auto",
+    scale: Any = 1,
+    device: str = "auto",
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelFn] = None,
+    enhanced_node: Any = None,
+    difference_node: Any = None,
+    modality: str = "auto",
+    tile: Optional[int] = None,
+    precision: str = "auto",
+) -> tuple[Any, Any]:
+    """Enhance ``input_node`` (blocking) and return (enhanced, difference) volume nodes.
+
+    Outputs are ``enhanced_node``/``difference_node`` when given, else the nodes an earlier run made for the same
+    input and name, else new nodes named ``<input>_SRx2`` / ``<input>_denoised`` and ``<input>_difference``.
+    They keep the input's parent transform; the enhanced one its window/level; the difference map (enhanced minus
+    the input resampled to the output grid) gets the DivergingBlueRed colours and a window symmetric about 0.
+    Raises InputError for bad input and CancelledError when ``cancel()`` returns True; either way no node is added
+    or changed.
+    """
+    result = compute(input_node, task=task, model=model, scale=scale, device=device, modality=modality, tile=tile,
+                     precision=precision, progress=progress, cancel=cancel)
+    return apply_result(input_node, result, task=task, scale=_normalise_scale(task, scale),
+                        enhanced_node=enhanced_node, difference_node=difference_node)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Non-blocking runs and the logic core the scripted module wraps
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class JobOutcome:
+    enhanced_node: Any = None
+    difference_node: Any = None
+    cancelled: bool = False
+    error: Optional[BaseException] = None
+    model: str = ""
+    device: str = ""
+    messages: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.cancelled
+
+
+class EnhanceJob:
+    """One non-blocking enhancement: the engine in a worker thread, the scene touched only in ``poll()``.
+
+    The caller polls from the thread that owns the scene (the Slicer logic uses a qt.QTimer every ~100 ms).
+    ``poll()`` forwards new progress to ``progress_callback`` and, once the worker ends, builds the nodes and calls
+    ``completed_callback(JobOutcome)`` exactly once. ``cancel()`` returns at once; the worker stops at the next
+    tile boundary and a result that still arrives is discarded.
+    """
+
+    def __init__(self, input_node: Any, *, task: str, model: str = "auto", scale: Any = 1, device: str = "auto",
+                 modality: str = "auto", tile: Optional[int] = None, precision: str = "auto",
+                 enhanced_node: Any = None, difference_node: Any = None,
+                 progress_callback: Optional[ProgressFn] = None,
+                 completed_callback: Optional[Callable[[JobOutcome], None]] = None) -> None:
+        self.input_node = input_node
+        self.task = task
+        self.scale = _normalise_scale(task, scale)
+        self.enhanced_node = enhanced_node
+        self.difference_node = difference_node
+        self.progress_callback = progress_callback
+        self.completed_callback = completed_callback
+        self.outcome: Optional[JobOutcome] = None
+        volume = volume_from_node(input_node)  # copied here, in the scene thread
+        opts = dict(task=task, model=model, scale=self.scale, device=device, modality=modality, tile=tile,
+                    precision=precision)
+        self._worker = helpers.Worker(
+            lambda progress, cancel: compute_volume(volume, progress=progress, cancel=cancel, **opts))
+
+    def start(self) -> "EnhanceJob":
+        self._worker.start()
+        return self
+
+    def cancel(self) -> None:
+        self._worker.cancel()
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    def poll(self) -> bool:
+        """Forward progress; finish up when the worker is done. Returns True once finished."""
+        if self.outcome is not None:
+            return True
+        progress = self._worker.new_progress()
+        if progress is not None and self.progress_callback is not None and not self._worker.cancel_requested:
+            self.progress_callback(progress)
+        if not self._worker.done:
+            return False
+        result, error = self._worker.outcome()
+        outcome = JobOutcome(elapsed=_elapsed(self._worker))
+        if self._worker.cancel_requested or isinstance(error, CancelledError):
+            outcome.cancelled = True
+        elif error is not None:
+            outcome.error = error
+        else:
+            try:
+                outcome.enhanced_node, outcome.difference_node = apply_result(
+                    self.input_node, result, task=self.task, scale=self.scale,
+                    enhanced_node=self.enhanced_node, difference_node=self.difference_node)
+                outcome.model = str(getattr(result, "model", ""))
+                outcome.device = str(getattr(result, "device", ""))
+                outcome.messages = list(getattr(result, "messages", []) or [])
+            except Exception as exc:  # noqa: BLE001 - reported through the outcome like engine errors
+                outcome.error = exc
+        self.outcome = outcome
+        if self.completed_callback is not None:
+            self.completed_callback(outcome)
+        return True
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> JobOutcome:
+        """Poll until finished (for scripts and tests that own the scene thread)."""
+        import time
+
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while not self.poll():
+            if deadline is not None and time.perf_counter() > deadline:
+                raise TimeoutError("enhancement did not finish in time")
+            self._worker.wait(interval)
+        assert self.outcome is not None
+        return self.outcome
+
+
+def _elapsed(worker: helpers.Worker) -> float:
+    import time
+
+    return 0.0 if worker.started_at is None else time.perf_counter() - worker.started_at
+
+
+class EnhanceLogic:
+    """The module logic without ScriptedLoadableModule: what ``MedSREnhanceLogic`` delegates to (and tests use)."""
+
+    def process(self, inputVolumeNode: Any, task: str = "sr", model: str = "auto", scale: Any = 2,  # noqa: N803
+                device: str = "auto", *, modality: str = "auto", tile: Optional[int] = None,
+                precision: str = "auto", enhancedVolumeNode: Any = None, differenceVolumeNode: Any = None,
+                progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> tuple[Any, Any]:
+        """Blocking: returns (enhancedNode, differenceNode)."""
+        return enhance_volume_node(inputVolumeNode, task=task, model=model, scale=scale, device=device,
+                                   progress=progress, cancel=cancel, enhanced_node=enhancedVolumeNode,
+                                   difference_node=differenceVolumeNode, modality=modality, tile=tile,
+                                   precision=precision)
+
+    def processAsync(self, inputVolumeNode: Any, task: str = "sr", model: str = "auto", scale: Any = 2,  # noqa: N802,N803
+                     device: str = "auto", *, modality: str = "auto", tile: Optional[int] = None,
+                     precision: str = "auto", enhancedVolumeNode: Any = None, differenceVolumeNode: Any = None,
+                     progressCallback: Optional[ProgressFn] = None,
+                     completedCallback: Optional[Callable[[JobOutcome], None]] = None) -> EnhanceJob:
+        """Non-blocking: starts and returns an EnhanceJob; the caller drives ``job.poll()``."""
+        return EnhanceJob(inputVolumeNode, task=task, model=model, scale=scale, device=device, modality=modality,
+                          tile=tile, precision=precision, enhanced_node=enhancedVolumeNode,
+                          difference_node=differenceVolumeNode, progress_callback=progressCallback,
+                          completed_callback=completedCallback).start()

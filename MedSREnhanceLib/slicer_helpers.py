@@ -1,0 +1,274 @@
+"""Pure helpers behind the Slicer panel: choice lists, scale rules, output names, layout XML, a worker thread.
+
+Nothing here imports slicer, qt, vtk or torch, so all of it is tested with plain pytest; the scripted module
+(MedSREnhance/MedSREnhance.py) only binds these to widgets.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+TASKS: tuple[str, ...] = ("sr", "denoise")
+TASK_LABELS: dict[str, str] = {"sr": "Super-resolution", "denoise": "Denoising"}
+SCALE_MODES: tuple[str, ...] = ("isotropic", "per-axis", "through-plane")
+ISOTROPIC_FACTORS: tuple[int, ...] = (2, 3, 4)
+AXES: tuple[str, ...] = ("i", "j", "k")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+MAX_FACTOR = 8.0
+
+# Custom layout id: above Slicer's built-in ids (< 1000) and away from the common user slots used by other
+# extensions, so registering it never replaces someone else's layout.
+LAYOUT_ID = 5301
+VIEW_NAMES: tuple[str, str, str] = ("MedSRInput", "MedSREnhanced", "MedSRDifference")
+VIEW_LABELS: tuple[str, str, str] = ("In", "SR", "Diff")
+VIEW_COLORS: tuple[str, str, str] = ("#8C8C8C", "#5D8C3E", "#B04A4A")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    name: str
+    label: str
+    summary: str
+
+
+def model_choices(task: str, registry: Optional[dict[str, Any]] = None) -> list[ModelChoice]:
+    """Entries of the model combo for ``task``: "auto" first, then learned models, then classical ones.
+
+    ``registry`` defaults to MedSREnhanceLib.models.registry.REGISTRY (imported here, never at module import, so
+    loading this file stays instant).
+    """
+    if registry is None:
+        from .models.registry import REGISTRY as registry  # noqa: N811 - local alias of the static registry
+    specs = [s for s in registry.values() if s.task == task]
+    specs.sort(key=lambda s: (s.kind != "learned", s.name))
+    out = [ModelChoice("auto", "auto (best bundled model)", "The best bundled model for the task and modality; "
+                       "a classical method when no trained model fits.")]
+    for spec in specs:
+        card = spec.card_data() if hasattr(spec, "card_data") else {}
+        summary = spec.summary
+        metrics = card.get("metrics") if isinstance(card, dict) else None
+        if metrics:
+            summary += f" | measured: {_short_metrics(metrics)}"
+        out.append(ModelChoice(spec.name, f"{spec.name} ({spec.kind})", summary))
+    return out
+
+
+def _short_metrics(metrics: Any) -> str:
+    if isinstance(metrics, dict):
+        items = [f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in list(metrics.items())[:3]]
+        return ", ".join(items)
+    return str(metrics)[:80]
+
+
+def device_choices(cuda_names: Sequence[str] = (), mps: bool = False) -> list[tuple[str, str]]:
+    """(value, label) pairs for the device combo: auto, cpu, one cuda:N per GPU, mps if present."""
+    out = [("auto", "auto (GPU if available)"), ("cpu", "cpu")]
+    out += [(f"cuda:{i}", f"cuda:{i} ({name})") for i, name in enumerate(cuda_names)]
+    if mps:
+        out.append(("mps", "mps (Apple GPU)"))
+    return out
+
+
+def torch_summary(torch_module: Any) -> str:
+    """One line naming torch, its CUDA build and the GPUs, for the panel (a CUDA mismatch is the top GPU complaint)."""
+    version = getattr(torch_module, "__version__", "?")
+    cuda_build = getattr(getattr(torch_module, "version", None), "cuda", None)
+    line = f"torch {version}, CUDA build {cuda_build or 'none (CPU only)'}"
+    try:
+        if torch_module.cuda.is_available():
+            names = [torch_module.cuda.get_device_name(i) for i in range(torch_module.cuda.device_count())]
+            line += f"; GPUs: {', '.join(names)}"
+        elif cuda_build:
+            line += "; no usable GPU found (driver too old or no device)"
+    except Exception as exc:  # noqa: BLE001 - a broken CUDA install must not break the panel
+        line += f"; CUDA query failed: {exc}"
+    return line
+
+
+def through_plane_axis(spacing: Sequence[float]) -> int:
+    """The index axis (0=i, 1=j, 2=k) with the coarsest spacing: the slice direction of a 2D-acquired scan."""
+    return int(np.argmax(np.asarray(spacing, dtype=float)))
+
+
+def suggest_through_plane(spacing: Sequence[float]) -> tuple[int, float]:
+    """(axis, factor) that makes the coarsest axis as fine as the in-plane ones (factor rounded to 0.5, 1..8).
+
+    1.0 means the volume is already near isotropic and through-plane SR would add nothing.
+    """
+    sp = np.asarray(spacing, dtype=float)
+    axis = through_plane_axis(sp)
+    in_plane = np.delete(sp, axis)
+    ratio = float(sp[axis] / max(float(in_plane.min()), 1e-9))
+    factor = min(MAX_FACTOR, max(1.0, round(ratio * 2.0) / 2.0))
+    return axis, factor
+
+
+def scale_from_choice(
+    mode: str,
+    *,
+    isotropic_factor: float = 2,
+    per_axis: Sequence[float] = (1.0, 1.0, 1.0),
+    axis: int | str = "auto",
+    through_plane_factor: float = 2.0,
+    spacing: Optional[Sequence[float]] = None,
+) -> tuple[float, float, float]:
+    """The (i, j, k) scale the panel's scale controls describe. ``axis="auto"`` needs ``spacing``."""
+    if mode == "isotropic":
+        f = float(isotropic_factor)
+        return (f, f, f)
+    if mode == "per-axis":
+        vals = tuple(float(v) for v in per_axis)
+        if len(vals) != 3:
+            raise ValueError(f"per-axis scale needs 3 values, got {vals}")
+        return vals  # type: ignore[return-value]
+    if mode == "through-plane":
+        if axis == "auto":
+            if spacing is None:
+                raise ValueError("through-plane axis 'auto' needs the input spacing")
+            ax = through_plane_axis(spacing)
+        else:
+            ax = AXES.index(axis) if isinstance(axis, str) else int(axis)
+        out = [1.0, 1.0, 1.0]
+        out[ax] = float(through_plane_factor)
+        return (out[0], out[1], out[2])
+    raise ValueError(f"unknown scale mode {mode!r}; expected one of {SCALE_MODES}")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+def enhanced_name(input_name: str, task: str, scale: float | Sequence[float] = 1) -> str:
+    """``<input>_SRx2`` (isotropic), ``<input>_SRx1x1x3`` (per axis, i,j,k) or ``<input>_denoised``."""
+    if task == "denoise":
+        return f"{input_name}_denoised"
+    s = (float(scale),) * 3 if isinstance(scale, (int, float)) else tuple(float(v) for v in scale)
+    if len(s) == 1:
+        s = s * 3
+    tag = _fmt(s[0]) if s[0] == s[1] == s[2] else "x".join(_fmt(v) for v in s)
+    return f"{input_name}_SRx{tag}"
+
+
+def difference_name(input_name: str) -> str:
+    return f"{input_name}_difference"
+
+
+def symmetric_window(array: np.ndarray, percentile: float = 99.5) -> tuple[float, float]:
+    """(window, level) centred on 0 that covers ``percentile`` of |difference| (so sign reads as colour)."""
+    a = np.abs(np.asarray(array, dtype=np.float32))
+    a = a[np.isfinite(a)]
+    half = float(np.percentile(a, percentile)) if a.size else 0.0
+    if not half > 0:
+        half = float(a.max()) if a.size and a.max() > 0 else 1.0
+    return 2.0 * half, 0.0
+
+
+def layout_xml(orientation: str = "Axial") -> str:
+    """Slicer layout description: input | enhanced | difference, three slice views in one row."""
+    views = []
+    for name, label, color in zip(VIEW_NAMES, VIEW_LABELS, VIEW_COLORS):
+        views.append(
+            "  <item>\n"
+            f'   <view class="vtkMRMLSliceNode" singletontag="{name}">\n'
+            f'    <property name="orientation" action="default">{orientation}</property>\n'
+            f'    <property name="viewlabel" action="default">{label}</property>\n'
+            f'    <property name="viewcolor" action="default">{color}</property>\n'
+            "   </view>\n"
+            "  </item>\n"
+        )
+    return '<layout type="horizontal">\n' + "".join(views) + "</layout>\n"
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "--"
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_progress(progress: Any) -> str:
+    """"Tile 3/12, 0:07 elapsed, about 0:21 left" from an engine Progress (done, total, elapsed, eta, message)."""
+    text = f"Tile {progress.done}/{progress.total}, {format_duration(progress.elapsed)} elapsed"
+    if progress.eta is not None:
+        text += f", about {format_duration(progress.eta)} left"
+    if getattr(progress, "message", ""):
+        text += f" - {progress.message}"
+    return text
+
+
+class Worker:
+    """Runs ``compute(progress, cancel)`` in a daemon thread; the GUI thread polls it (Qt-free on purpose).
+
+    Why a thread and not a process: the engine releases the GIL inside torch/SimpleITK, the volume stays in memory
+    (no temp files), and cancel is cooperative between tiles. MRML must only be touched from the polling thread,
+    which is why ``compute`` returns plain data and the caller puts it in the scene in ``poll``.
+    """
+
+    def __init__(self, compute: Callable[[Callable[[Any], None], Callable[[], bool]], Any]) -> None:
+        self._compute = compute
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._progress: Any = None
+        self._progress_seen: Any = None
+        self._result: Any = None
+        self._error: Optional[BaseException] = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="MedSREnhanceWorker", daemon=True)
+        self.started_at: Optional[float] = None
+
+    def start(self) -> "Worker":
+        self.started_at = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def _on_progress(self, progress: Any) -> None:
+        with self._lock:
+            self._progress = progress
+
+    def _run(self) -> None:
+        try:
+            result = self._compute(self._on_progress, self._cancel.is_set)
+            with self._lock:
+                self._result = result
+        except BaseException as exc:  # noqa: BLE001 - handed to the GUI thread, which reports it
+            with self._lock:
+                self._error = exc
+        finally:
+            self._done.set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def new_progress(self) -> Any:
+        """The latest progress if it changed since the last call, else None."""
+        with self._lock:
+            p = self._progress
+        if p is None or p is self._progress_seen:
+            return None
+        self._progress_seen = p
+        return p
+
+    def outcome(self) -> tuple[Any, Optional[BaseException]]:
+        with self._lock:
+            return self._result, self._error
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self._done.wait(timeout)
