@@ -4,10 +4,13 @@ Every failure the user can fix becomes an ``InputError`` with one line naming th
 """
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -89,6 +92,55 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> Volume:
     return from_sitk(sitk.Cast(image, sitk.sitkFloat32), meta)
 
 
+def _nifti_expected_bytes(header: bytes) -> Optional[int]:
+    """vox_offset + voxel bytes from a NIfTI-1/-2 header, or None when the header is not NIfTI."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = max(int(struct.unpack(endian + "f", header[108:112])[0]), 348)
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = max(int(struct.unpack(endian + "q", header[168:176])[0]), 540)
+            break
+    else:
+        return None
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or bitpix <= 0:
+        return None
+    voxels = 1
+    for n in dims[1:ndim + 1]:
+        voxels *= max(int(n), 0)
+    return offset + voxels * bitpix // 8
+
+
+def _check_nifti_complete(p: Path) -> None:
+    """ITK's NIfTI reader fills a truncated file (plain or gzipped) with zeros without a word: refuse it."""
+    name = p.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    try:
+        with open(p, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        if not gzipped:
+            with open(p, "rb") as fh:
+                expected = _nifti_expected_bytes(fh.read(540))
+            actual = p.stat().st_size
+        else:
+            with gzip.open(p, "rb") as fh:
+                header = fh.read(540)
+                expected = _nifti_expected_bytes(header)
+                actual = len(header)
+                while chunk := fh.read(1 << 22):  # also raises if the gzip stream itself is cut short
+                    actual += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"cannot read {p}: truncated or corrupt file ({exc})") from None
+    if expected is not None and actual < expected:
+        raise InputError(f"cannot read {p}: truncated file ({actual} of {expected} bytes)")
+
+
 def read_volume(path: str | os.PathLike, series_uid: Optional[str] = None) -> Volume:
     """Read a 3D scalar volume from a file or a DICOM series folder, keeping spacing, origin and direction."""
     p = Path(path)
@@ -96,6 +148,7 @@ def read_volume(path: str | os.PathLike, series_uid: Optional[str] = None) -> Vo
         raise InputError(f"input not found: {p}")
     if p.is_dir():
         return _read_dicom_series(p, series_uid)
+    _check_nifti_complete(p)
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
