@@ -168,10 +168,17 @@ def check_writable(path: str | os.PathLike) -> Path:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"cannot write {p}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot write {p}: folder {parent} is not writable")
     if p.is_dir():
         raise InputError(f"cannot write {p}: it is a folder")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"cannot write {p}: folder {parent} is not writable")
+    # os.access says yes to root and ignores read-only mounts and ACLs: really create (and remove) a probe file.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"cannot write {p}: folder {parent} is not writable ({exc.strerror})") from None
     return p
 
 
@@ -182,7 +189,10 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
     header's reference to its data file stays valid; the data file is moved first and the header last.
     """
     p = check_writable(path)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
+    except OSError as exc:
+        raise InputError(f"cannot write {p}: {exc.strerror}") from None
     try:
         target = tmpdir / p.name
         try:
@@ -190,8 +200,11 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
         except RuntimeError as exc:
             raise InputError(f"cannot write {p}: {_first_line(exc)}") from None
         written = sorted(tmpdir.iterdir(), key=lambda f: f.name == p.name)  # header (the target name) last
-        for f in written:
-            os.replace(f, p.parent / f.name)
+        try:
+            for f in written:
+                os.replace(f, p.parent / f.name)
+        except OSError as exc:
+            raise InputError(f"cannot write {p}: {exc.strerror}") from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return p
