@@ -155,7 +155,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
+    """``with_bench=False`` skips importing the harness (numpy, scipy, scikit-image) for other commands."""
     parser = argparse.ArgumentParser(prog="medsr", description="Deep-learning super-resolution and denoising "
                                      "of CT and MR volumes.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
@@ -191,12 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="benchmark models against tuned classical baselines")
-    try:
+    if with_bench:
         from . import bench
 
         bench.add_arguments(p)
-    except ImportError:  # the harness is optional for enhance-only installs
-        pass
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="degrade a sample MR volume, enhance it, write volumes and a comparison PNG")
@@ -207,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(with_bench="bench" in argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="medsr: %(message)s")
     from .errors import CancelledError, InputError
 
