@@ -61,6 +61,45 @@ def model_choices(task: str, registry: Optional[dict[str, Any]] = None) -> list[
     return out
 
 
+# Python packages a classical method needs beyond what Slicer bundles (numpy, SimpleITK, scipy).
+# nlmeans: scikit-image's estimate_sigma needs PyWavelets.
+METHOD_PACKAGES: dict[str, tuple[str, ...]] = {"nlmeans": ("scikit-image", "PyWavelets")}
+IMPORT_NAMES: dict[str, str] = {"scikit-image": "skimage", "PyWavelets": "pywt"}
+AUTO_CLASSICAL: dict[str, str] = {"sr": "bspline", "denoise": "nlmeans"}  # enhance.select_model's fallback
+
+
+def needs_torch(task: str, model: str, registry: Optional[dict[str, Any]] = None) -> bool:
+    """Whether running ``model`` for ``task`` may import torch ("auto" may pick any learned model of the task)."""
+    if registry is None:
+        from .models.registry import REGISTRY as registry  # noqa: N811
+    if model == "auto":
+        return any(s.task == task and s.kind == "learned" for s in registry.values())
+    spec = registry.get(model)
+    return spec is not None and spec.kind == "learned"
+
+
+def required_packages(task: str, model: str, registry: Optional[dict[str, Any]] = None) -> list[str]:
+    """pip requirements (other than torch, which comes from the PyTorch extension) the run may import."""
+    if registry is None:
+        from .models.registry import REGISTRY as registry  # noqa: N811
+    names = [AUTO_CLASSICAL.get(task, "")] if model == "auto" else [model]
+    out: list[str] = []
+    for name in names:
+        spec = registry.get(name)
+        for pkg in METHOD_PACKAGES.get(getattr(spec, "method", "") or "", ()):
+            if pkg not in out:
+                out.append(pkg)
+    return out
+
+
+def missing_packages(requirements: Sequence[str]) -> list[str]:
+    """The requirements whose import package is not importable (checked without importing it)."""
+    import importlib.util
+
+    return [r for r in requirements
+            if importlib.util.find_spec(IMPORT_NAMES.get(r, r).replace("-", "_")) is None]
+
+
 def _short_metrics(metrics: Any) -> str:
     if isinstance(metrics, dict):
         items = [f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in list(metrics.items())[:3]]

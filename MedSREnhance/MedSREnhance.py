@@ -1,0 +1,687 @@
+"""MedSREnhance: deep-learning super-resolution and denoising of CT/MR volumes in 3D Slicer.
+
+Thin module: the panel binds widgets to a parameter node; all computation lives in MedSREnhanceLib (the engine)
+and MedSREnhanceLib.mrml (volume nodes <-> engine). Nothing heavy happens at import or in setup(): torch is
+loaded on the first Enhance that needs it, after the user agreed to install it through the PyTorch extension.
+"""
+import importlib.util
+import logging
+import os
+import sys
+import traceback
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.util import VTKObservationMixin
+
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # Slicer < 5.4
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
+
+def _ensureLibraryImportable() -> None:
+    """Packaged extensions ship MedSREnhanceLib next to this file; a source checkout has it one level up."""
+    if importlib.util.find_spec("MedSREnhanceLib") is not None:
+        return
+    repoRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(repoRoot, "MedSREnhanceLib")):
+        sys.path.insert(0, repoRoot)
+
+
+_ensureLibraryImportable()
+
+MINIMUM_TORCH_VERSION = "2.1"
+CONSOLE_EXAMPLE = """logic = slicer.util.getModuleLogic("MedSREnhance")
+volume = slicer.util.getNode("MRHead")
+enhancedNode, differenceNode = logic.process(volume, task="sr", model="auto", scale=2, device="auto")"""
+
+
+#
+# MedSREnhance
+#
+
+
+class MedSREnhance(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedSR Enhance")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Filtering")]
+        self.parent.dependencies = []  # PyTorchUtils is needed only by learned models, checked on Enhance
+        self.parent.contributors = ["MedSREnhance developers"]
+        self.parent.helpText = _(
+            "Super-resolution and denoising of CT and MR volumes with bundled deep-learning models "
+            "(and classical baselines for comparison).<br>"
+            "<b>Usage:</b> pick the input volume, the task (super-resolution or denoising), a model (auto picks "
+            "the best bundled one) and, for super-resolution, the scale: isotropic x2/x3/x4, per axis, or "
+            "through-plane (refines the slice axis; 'Suggest from spacing' proposes the factor). Click "
+            "<b>Enhance</b>; it runs in the background with per-tile progress and can be cancelled. "
+            "The result <i>&lt;input&gt;_SRx2</i> (or <i>_denoised</i>) keeps the input's physical extent, "
+            "orientation, parent transform and window/level; <i>&lt;input&gt;_difference</i> is the enhanced "
+            "volume minus the input resampled to the output grid, shown in blue-red around 0.<br>"
+            "<b>Python console:</b><pre>" + CONSOLE_EXAMPLE + "</pre>"
+            "See the extension's docs/slicer.md for details and the self-test."
+        )
+        self.parent.acknowledgementText = _(
+            "Built on 3D Slicer's scripted module template, SimpleITK and PyTorch (installed through the "
+            "SlicerPyTorch extension). Models and measurements are described in each bundled model card."
+        )
+
+
+#
+# MedSREnhanceParameterNode
+#
+
+
+@parameterNodeWrapper
+class MedSREnhanceParameterNode:
+    """Panel state, saved with the scene. model and device are filled at run time (registry, detected GPUs), so
+    they are plain strings synchronised by the widget rather than Choice-bound combo boxes."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    task: Annotated[str, Choice(["sr", "denoise"])] = "sr"
+    model: str = "auto"
+    scaleMode: Annotated[str, Choice(["isotropic", "per-axis", "through-plane"])] = "isotropic"
+    isotropicFactor: Annotated[int, Choice([2, 3, 4])] = 2
+    scaleI: Annotated[float, WithinRange(1.0, 8.0)] = 1.0
+    scaleJ: Annotated[float, WithinRange(1.0, 8.0)] = 1.0
+    scaleK: Annotated[float, WithinRange(1.0, 8.0)] = 2.0
+    throughPlaneAxis: Annotated[str, Choice(["auto", "i", "j", "k"])] = "auto"
+    throughPlaneFactor: Annotated[float, WithinRange(1.0, 8.0)] = 2.0
+    device: str = "auto"
+    tileSize: Annotated[int, WithinRange(0, 1024)] = 0
+    precision: Annotated[str, Choice(["auto", "fp32", "fp16", "bf16"])] = "auto"
+    showLayout: bool = True
+    differenceAsOverlay: bool = False
+    enhancedVolume: vtkMRMLScalarVolumeNode
+    differenceVolume: vtkMRMLScalarVolumeNode
+
+
+#
+# MedSREnhanceWidget
+#
+
+
+class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedSREnhance.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MedSREnhanceLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.enhanceButton.connect("clicked(bool)", self.onEnhanceButton)
+        self.ui.suggestScaleButton.connect("clicked(bool)", self.onSuggestScale)
+        self.ui.detectDevicesButton.connect("clicked(bool)", self.onDetectDevices)
+        self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskChanged)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.progressBar.hide()
+
+        self._fillDeviceComboBox(self.logic.deviceChoices(loadTorch=False))
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self._job.cancel()  # its result would land in a closed scene
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Optional[MedSREnhanceParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._relabelChoiceComboBoxes()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._fillModelComboBox()
+            self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
+        self._onParameterNodeModified()
+
+    # -- GUI state ------------------------------------------------------------------------------------------------
+
+    def _relabelChoiceComboBoxes(self) -> None:
+        """connectGui fills Choice combos with raw values; show readable labels (values are read by index)."""
+        from MedSREnhanceLib import slicer_helpers as helpers
+
+        for index, task in enumerate(helpers.TASKS):
+            self.ui.taskComboBox.setItemText(index, helpers.TASK_LABELS[task])
+
+    def _fillModelComboBox(self) -> None:
+        from MedSREnhanceLib import slicer_helpers as helpers
+
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for choice in helpers.model_choices(self._parameterNode.task):
+            combo.addItem(choice.label, choice.name)
+            combo.setItemData(combo.count - 1, choice.summary, qt.Qt.ToolTipRole)
+        combo.blockSignals(wasBlocked)
+        if not self._selectComboData(combo, self._parameterNode.model):
+            combo.setCurrentIndex(0)
+            self._parameterNode.model = "auto"
+        self._updateModelDescription()
+
+    def _fillDeviceComboBox(self, choices) -> None:
+        combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
+        current = combo.currentData if combo.count else "auto"
+        combo.clear()
+        for value, label in choices:
+            combo.addItem(label, value)
+        combo.blockSignals(wasBlocked)
+        self._selectComboData(combo, current)
+
+    @staticmethod
+    def _selectComboData(combo, value) -> bool:
+        index = combo.findData(value)
+        if index < 0:
+            return False
+        combo.setCurrentIndex(index)
+        return True
+
+    def _updateModelDescription(self) -> None:
+        self.ui.modelDescriptionLabel.text = self.ui.modelComboBox.itemData(
+            self.ui.modelComboBox.currentIndex, qt.Qt.ToolTipRole) or ""
+
+    def onTaskChanged(self, index) -> None:
+        if self._parameterNode:
+            self._fillModelComboBox()
+
+    def onModelChanged(self, index) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.model = self.ui.modelComboBox.itemData(index)
+        self._updateModelDescription()
+
+    def onDeviceChanged(self, index) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        isSR = bool(p) and p.task == "sr"
+        self.ui.scaleCollapsibleButton.enabled = isSR
+        mode = p.scaleMode if p else "isotropic"
+        self.ui.isotropicFrame.visible = mode == "isotropic"
+        self.ui.perAxisFrame.visible = mode == "per-axis"
+        self.ui.throughPlaneFrame.visible = mode == "through-plane"
+        self.ui.scaleSummaryLabel.text = self._scaleSummary() if isSR else _("Denoising keeps the input grid.")
+        if self._job is None:
+            self.ui.enhanceButton.enabled = bool(p and p.inputVolume)
+            self.ui.enhanceButton.toolTip = (_("Run the enhancement in the background. Click again to cancel.")
+                                             if p and p.inputVolume else _("Select an input volume."))
+
+    def _currentScale(self):
+        from MedSREnhanceLib import slicer_helpers as helpers
+
+        p = self._parameterNode
+        spacing = p.inputVolume.GetSpacing() if p.inputVolume else None
+        return helpers.scale_from_choice(
+            p.scaleMode, isotropic_factor=p.isotropicFactor, per_axis=(p.scaleI, p.scaleJ, p.scaleK),
+            axis=p.throughPlaneAxis, through_plane_factor=p.throughPlaneFactor, spacing=spacing)
+
+    def _scaleSummary(self) -> str:
+        p = self._parameterNode
+        if not p or not p.inputVolume:
+            return ""
+        try:
+            scale = self._currentScale()
+        except ValueError as exc:
+            return str(exc)
+        spacing = p.inputVolume.GetSpacing()
+        dims = p.inputVolume.GetImageData().GetDimensions() if p.inputVolume.GetImageData() else (0, 0, 0)
+        newSpacing = ", ".join(f"{s / f:.3g}" for s, f in zip(spacing, scale))
+        newDims = " x ".join(str(int(round(n * f))) for n, f in zip(dims, scale))
+        return _("Output: {dims} voxels, spacing {spacing} mm (i, j, k)").format(dims=newDims, spacing=newSpacing)
+
+    def onSuggestScale(self) -> None:
+        from MedSREnhanceLib import slicer_helpers as helpers
+
+        p = self._parameterNode
+        if not p or not p.inputVolume:
+            return
+        axis, factor = helpers.suggest_through_plane(p.inputVolume.GetSpacing())
+        with slicer.util.NodeModify(p.parameterNode):
+            p.scaleMode = "through-plane"
+            p.throughPlaneAxis = helpers.AXES[axis]
+            p.throughPlaneFactor = max(1.0, factor)
+        if factor <= 1.0:
+            self.ui.statusLabel.text = _("The input is already nearly isotropic: through-plane SR adds little.")
+
+    def onDetectDevices(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to load PyTorch."), waitCursor=True):
+            if not self.logic.ensureDependencies("sr", "auto", forceTorch=True):
+                return
+            self._fillDeviceComboBox(self.logic.deviceChoices(loadTorch=True))
+            self.ui.deviceInfoLabel.text = self.logic.torchInfo()
+
+    # -- running ----------------------------------------------------------------------------------------------------
+
+    def onEnhanceButton(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.enhanceButton.enabled = False
+            self.ui.enhanceButton.text = _("Cancelling...")
+            self.ui.statusLabel.text = _("Cancelling: stopping after the current tile; the scene stays as it was.")
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the enhancement."), waitCursor=True):
+            if not self.logic.ensureDependencies(p.task, p.model):
+                self.ui.statusLabel.text = _("Not started: required Python packages are missing.")
+                return
+            if "torch" in sys.modules:
+                self.ui.deviceInfoLabel.text = self.logic.torchInfo()
+            scale = self._currentScale() if p.task == "sr" else 1
+            self._job = self.logic.processAsync(
+                p.inputVolume, task=p.task, model=p.model, scale=scale, device=p.device,
+                tile=p.tileSize or None, precision=p.precision,
+                enhancedVolumeNode=p.enhancedVolume, differenceVolumeNode=p.differenceVolume,
+                progressCallback=self._onProgress, completedCallback=self._onCompleted)
+            self._setRunning(True)
+
+    def _setRunning(self, running: bool) -> None:
+        self.ui.enhanceButton.text = _("Cancel") if running else _("Enhance")
+        self.ui.enhanceButton.enabled = True
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.scaleCollapsibleButton,
+                       self.ui.advancedCollapsibleButton, self.ui.outputsCollapsibleButton):
+            widget.enabled = not running
+        if running:
+            self.ui.progressBar.setRange(0, 0)  # busy until the first tile reports
+            self.ui.progressBar.show()
+            self.ui.statusLabel.text = _("Starting...")
+        else:
+            self.ui.progressBar.hide()
+
+    def _onProgress(self, progress) -> None:
+        from MedSREnhanceLib import slicer_helpers as helpers
+
+        self.ui.progressBar.setRange(0, max(1, progress.total))
+        self.ui.progressBar.setValue(progress.done)
+        self.ui.statusLabel.text = helpers.format_progress(progress)
+
+    def _onCompleted(self, outcome) -> None:
+        from MedSREnhanceLib import slicer_helpers as helpers
+        from MedSREnhanceLib.errors import InputError
+
+        self._job = None
+        self._setRunning(False)
+        self._onParameterNodeModified()
+        if outcome.cancelled:
+            self.ui.statusLabel.text = _("Cancelled. The scene is unchanged.")
+            return
+        if outcome.error is not None:
+            message = str(outcome.error).splitlines()[0] if str(outcome.error) else type(outcome.error).__name__
+            self.ui.statusLabel.text = _("Failed: {message}").format(message=message)
+            details = None if isinstance(outcome.error, InputError) else "".join(
+                traceback.format_exception(type(outcome.error), outcome.error, outcome.error.__traceback__))
+            slicer.util.errorDisplay(_("Enhancement failed: {message}").format(message=message),
+                                     detailedText=details)
+            return
+        p = self._parameterNode
+        if p:
+            with slicer.util.NodeModify(p.parameterNode):
+                p.enhancedVolume = outcome.enhanced_node
+                p.differenceVolume = outcome.difference_node
+        lines = [_("Done in {t} with model {model} on {device}.").format(
+            t=helpers.format_duration(outcome.elapsed), model=outcome.model, device=outcome.device)]
+        lines += outcome.messages
+        self.ui.statusLabel.text = "\n".join(lines)
+        if p is None or p.showLayout:
+            self.logic.showResults(p.inputVolume if p else None, outcome.enhanced_node, outcome.difference_node,
+                                   differenceAsOverlay=bool(p and p.differenceAsOverlay))
+
+
+#
+# MedSREnhanceLogic
+#
+
+
+class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
+    """Scriptable entry point (no GUI needed). Wraps MedSREnhanceLib.mrml.EnhanceLogic, adding dependency
+    installation, a Qt timer for non-blocking runs and the result layout.
+
+    Console: ``enhancedNode, differenceNode = logic.process(inputVolumeNode, task="sr", scale=2)``.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._activeJobs = {}  # job -> timer: keeps both alive while the worker runs
+
+    def getParameterNode(self):
+        return MedSREnhanceParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def _core():
+        from MedSREnhanceLib.mrml import EnhanceLogic
+
+        return EnhanceLogic()
+
+    # -- dependencies -------------------------------------------------------------------------------------------
+
+    def ensureDependencies(self, task: str = "sr", model: str = "auto", askConfirmation: bool = True,
+                           forceTorch: bool = False) -> bool:
+        """torch through the PyTorch extension (only if the model may need it) and pip packages of classical
+        methods; asks before installing anything. Returns False when something is still missing."""
+        from MedSREnhanceLib import slicer_helpers as helpers
+
+        if (forceTorch or helpers.needs_torch(task, model)) and not self._ensureTorch(askConfirmation):
+            return False
+        missing = helpers.missing_packages(helpers.required_packages(task, model))
+        if not missing:
+            return True
+        try:
+            import slicer.packaging as slicerPackaging  # Slicer >= 5.12
+        except ImportError:
+            slicerPackaging = None
+        if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):
+            from packaging.requirements import Requirement
+
+            slicerPackaging.pip_ensure([Requirement(r) for r in missing], prompt_install=askConfirmation,
+                                 requester="MedSREnhance")
+        else:
+            if askConfirmation and not slicer.app.commandOptions().testingEnabled and not \
+                    slicer.util.confirmOkCancelDisplay(
+                        _("MedSREnhance needs these Python packages: {packages}. Install them now?").format(
+                            packages=", ".join(missing))):
+                return False
+            for requirement in missing:
+                slicer.util.pip_install(requirement)
+        importlib.invalidate_caches()
+        return not helpers.missing_packages(missing)
+
+    def _ensureTorch(self, askConfirmation: bool) -> bool:
+        if importlib.util.find_spec("torch") is not None:
+            return True
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise RuntimeError(_("This model needs the PyTorch extension. Install 'PyTorch' from the Extensions "
+                                 "Manager, restart Slicer and try again.")) from None
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            torch = torchLogic.installTorch(askConfirmation=askConfirmation,
+                                            torchVersionRequirement=f">={MINIMUM_TORCH_VERSION}")
+            if torch is None:
+                return False
+        return True
+
+    def deviceChoices(self, loadTorch: bool = False):
+        """(value, label) pairs; GPUs are listed only when torch is loaded (importing it costs seconds)."""
+        from MedSREnhanceLib import slicer_helpers as helpers
+
+        if not loadTorch and "torch" not in sys.modules:
+            return helpers.device_choices()
+        import torch
+
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
+            if torch.cuda.is_available() else []
+        mps = getattr(torch.backends, "mps", None)
+        return helpers.device_choices(names, mps=bool(mps is not None and mps.is_available()))
+
+    def torchInfo(self) -> str:
+        from MedSREnhanceLib import slicer_helpers as helpers
+
+        if "torch" not in sys.modules and importlib.util.find_spec("torch") is None:
+            return _("PyTorch is not installed.")
+        import torch
+
+        return helpers.torch_summary(torch)
+
+    # -- processing -----------------------------------------------------------------------------------------------
+
+    def process(self, inputVolumeNode, task: str = "sr", model: str = "auto", scale=2, device: str = "auto",
+                tile: Optional[int] = None, precision: str = "auto", modality: str = "auto",
+                enhancedVolumeNode=None, differenceVolumeNode=None, progress=None, cancel=None,
+                showResult: bool = False):
+        """Blocking. Returns (enhancedNode, differenceNode). ``scale``: 2, (1, 1, 3) (i, j, k) or "1,1,3";
+        ignored for task="denoise"."""
+        if not self.ensureDependencies(task, model):
+            raise RuntimeError(_("Required Python packages are missing."))
+        enhancedNode, differenceNode = self._core().process(
+            inputVolumeNode, task=task, model=model, scale=scale, device=device, tile=tile, precision=precision,
+            modality=modality, enhancedVolumeNode=enhancedVolumeNode, differenceVolumeNode=differenceVolumeNode,
+            progress=progress, cancel=cancel)
+        if showResult:
+            self.showResults(inputVolumeNode, enhancedNode, differenceNode)
+        return enhancedNode, differenceNode
+
+    def processAsync(self, inputVolumeNode, task: str = "sr", model: str = "auto", scale=2,
+                     device: str = "auto", tile: Optional[int] = None, precision: str = "auto",
+                     modality: str = "auto", enhancedVolumeNode=None, differenceVolumeNode=None,
+                     progressCallback=None, completedCallback=None, pollIntervalMs: int = 100):
+        """Non-blocking: returns a job at once (``job.cancel()``, ``job.finished``, ``job.outcome``).
+        ``progressCallback(Progress)`` and ``completedCallback(JobOutcome)`` run in the main thread; the outcome
+        holds enhanced_node/difference_node, or cancelled/error (then the scene is unchanged)."""
+        job = self._core().processAsync(
+            inputVolumeNode, task=task, model=model, scale=scale, device=device, tile=tile, precision=precision,
+            modality=modality, enhancedVolumeNode=enhancedVolumeNode, differenceVolumeNode=differenceVolumeNode,
+            progressCallback=progressCallback, completedCallback=completedCallback)
+        timer = qt.QTimer()
+        timer.setInterval(pollIntervalMs)
+
+        def poll():
+            try:
+                finished = job.poll()
+            except Exception:  # a failing callback must not leave the timer firing forever
+                logging.exception("MedSREnhance: error while finishing the job")
+                finished = True
+            if finished:
+                timer.stop()
+                self._activeJobs.pop(job, None)
+
+        timer.connect("timeout()", poll)
+        self._activeJobs[job] = timer
+        timer.start()
+        return job
+
+    # -- display --------------------------------------------------------------------------------------------------
+
+    def showResults(self, inputVolumeNode, enhancedVolumeNode, differenceVolumeNode,
+                    differenceAsOverlay: bool = False) -> None:
+        """input | enhanced | difference in three linked slice views (or input | enhanced + difference overlay)."""
+        from MedSREnhanceLib import slicer_helpers as helpers
+
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:  # no main window (batch or generic tests)
+            return
+        if differenceAsOverlay:
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+            views = [("Red", inputVolumeNode, None), ("Yellow", enhancedVolumeNode, differenceVolumeNode)]
+        else:
+            layoutNode = layoutManager.layoutLogic().GetLayoutNode()
+            xml = helpers.layout_xml()
+            if layoutNode.IsLayoutDescription(helpers.LAYOUT_ID):
+                layoutNode.SetLayoutDescription(helpers.LAYOUT_ID, xml)
+            else:
+                layoutNode.AddLayoutDescription(helpers.LAYOUT_ID, xml)
+            layoutManager.setLayout(helpers.LAYOUT_ID)
+            views = list(zip(helpers.VIEW_NAMES, (inputVolumeNode, enhancedVolumeNode, differenceVolumeNode),
+                             (None, None, None)))
+        for viewName, background, foreground in views:
+            sliceWidget = layoutManager.sliceWidget(viewName)
+            if sliceWidget is None:
+                continue
+            composite = sliceWidget.mrmlSliceCompositeNode()
+            composite.SetBackgroundVolumeID(background.GetID() if background else None)
+            composite.SetForegroundVolumeID(foreground.GetID() if foreground else None)
+            composite.SetForegroundOpacity(0.5 if foreground else 0.0)
+            composite.SetLabelVolumeID(None)
+            composite.SetLinkedControl(True)
+            composite.SetHotLinkedControl(True)
+            if inputVolumeNode is not None:
+                sliceWidget.mrmlSliceNode().RotateToVolumePlane(inputVolumeNode)  # oblique scans: own planes
+            sliceWidget.sliceLogic().FitSliceToAll()
+
+
+#
+# MedSREnhanceTest
+#
+
+
+class MedSREnhanceTest(ScriptedLoadableModuleTest):
+    """Self-test in real Slicer: SampleData MRHead cropped to a small block, enhanced on the CPU; checks the
+    output grid, the difference map, cancel and the console API. Run with
+    ``Slicer --python-code "slicer.selfTests['MedSREnhance']()"`` (needs the sample download once)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        for test in (self.test_SuperResolutionGeometry, self.test_DenoiseDifferenceMap, self.test_CancelLeavesScene,
+                     self.test_ConsoleApi):
+            self.setUp()
+            test()
+
+    def _croppedMRHead(self):
+        import numpy as np
+        import SampleData
+        from MedSREnhanceLib import mrml
+        from MedSREnhanceLib.volume import Volume
+
+        head = SampleData.downloadSample("MRHead")
+        volume = mrml.volume_from_node(head)
+        k0, j0, i0 = (s // 2 - n // 2 for s, n in zip(volume.array.shape, (16, 32, 32)))
+        block = volume.array[k0:k0 + 16, j0:j0 + 32, i0:i0 + 32]
+        origin = volume.index_to_physical(np.array([i0, j0, k0], float))
+        cropped = Volume(block, volume.spacing, tuple(origin), volume.direction, {})
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MRHeadCrop")
+        mrml.set_node_from_volume(node, cropped)
+        node.CreateDefaultDisplayNodes()
+        return node
+
+    @staticmethod
+    def _smallModel(task: str) -> str:
+        """A learned model when one serves MR at this task (x2 for SR), else a classical one: fast on a CPU."""
+        from MedSREnhanceLib.enhance import select_model
+
+        spec = select_model(task, "mr", (2.0, 2.0, 2.0) if task == "sr" else (1.0, 1.0, 1.0))
+        if spec.kind == "learned":
+            return spec.name
+        return "linear" if task == "sr" else "gaussian"
+
+    def test_SuperResolutionGeometry(self):
+        import numpy as np
+        from MedSREnhanceLib import mrml
+
+        self.delayDisplay("Super-resolution x2 of a cropped MRHead on the CPU")
+        inputNode = self._croppedMRHead()
+        before = np.array(slicer.util.arrayFromVolume(inputNode), copy=True)
+        inputMatrix = mrml.node_ijk_to_ras(inputNode)
+        logic = MedSREnhanceLogic()
+        enhanced, difference = logic.process(inputNode, task="sr", model=self._smallModel("sr"), scale=2,
+                                             device="cpu", showResult=True)
+        self.assertEqual(enhanced.GetName(), "MRHeadCrop_SRx2")
+        self.assertEqual(difference.GetName(), "MRHeadCrop_difference")
+        outMatrix = mrml.node_ijk_to_ras(enhanced)
+        # spacing halves, direction kept, outer voxel edges kept (voxel 0 centre moves by -spacing/4)
+        np.testing.assert_allclose(outMatrix[:3, :3], inputMatrix[:3, :3] / 2, atol=1e-9)
+        np.testing.assert_allclose(outMatrix[:3, 3], inputMatrix[:3, 3] + inputMatrix[:3, :3] @ np.full(3, -0.25),
+                                   atol=1e-9)
+        self.assertEqual(enhanced.GetImageData().GetDimensions(), (64, 64, 32))
+        np.testing.assert_allclose(mrml.node_ijk_to_ras(difference), outMatrix, atol=1e-12)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(inputNode), before)
+        display = difference.GetDisplayNode()
+        self.assertIn("DivergingBlueRed", display.GetColorNodeID() + (display.GetColorNode().GetName() or ""))
+        self.assertAlmostEqual(display.GetLevel(), 0.0)
+        diff = slicer.util.arrayFromVolume(difference)
+        self.assertLess(float(np.abs(diff).mean()), 0.2 * float(np.abs(before).max()))
+        self.delayDisplay("Super-resolution geometry passed")
+
+    def test_DenoiseDifferenceMap(self):
+        import numpy as np
+        from MedSREnhanceLib import mrml
+
+        self.delayDisplay("Denoising keeps the grid; difference = enhanced - input")
+        inputNode = self._croppedMRHead()
+        enhanced, difference = MedSREnhanceLogic().process(inputNode, task="denoise",
+                                                           model=self._smallModel("denoise"), device="cpu")
+        self.assertEqual(enhanced.GetName(), "MRHeadCrop_denoised")
+        np.testing.assert_allclose(mrml.node_ijk_to_ras(enhanced), mrml.node_ijk_to_ras(inputNode), atol=1e-12)
+        np.testing.assert_allclose(
+            slicer.util.arrayFromVolume(difference),
+            slicer.util.arrayFromVolume(enhanced) - slicer.util.arrayFromVolume(inputNode).astype(np.float32),
+            atol=1e-3)
+
+    def test_CancelLeavesScene(self):
+        import time
+
+        self.delayDisplay("Cancel leaves the scene as it was")
+        inputNode = self._croppedMRHead()
+        nodeCount = slicer.mrmlScene.GetNumberOfNodes()
+        outcomes = []
+        job = MedSREnhanceLogic().processAsync(inputNode, task="sr", model="linear", scale=2, device="cpu",
+                                               completedCallback=outcomes.append)
+        job.cancel()
+        deadline = time.time() + 60
+        while not job.finished and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.02)
+        self.assertTrue(job.finished)
+        self.assertTrue(outcomes and outcomes[0].cancelled)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodeCount)
+
+    def test_ConsoleApi(self):
+        self.delayDisplay("Console API: getModuleLogic(...).process(...)")
+        inputNode = self._croppedMRHead()
+        logic = slicer.util.getModuleLogic("MedSREnhance")
+        enhancedNode, differenceNode = logic.process(inputNode, task="sr", model="linear", scale=(1, 1, 2),
+                                                     device="cpu")
+        self.assertEqual(enhancedNode.GetName(), "MRHeadCrop_SRx1x1x2")
+        self.assertEqual(enhancedNode.GetImageData().GetDimensions(), (32, 32, 32))
+        again, _difference = logic.process(inputNode, task="sr", model="linear", scale=(1, 1, 2), device="cpu")
+        self.assertEqual(again.GetID(), enhancedNode.GetID())  # re-runs update their nodes
+        self.delayDisplay("Console API passed")
