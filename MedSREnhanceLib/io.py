@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
@@ -65,7 +66,12 @@ def _check_image(image: sitk.Image, name: str) -> None:
 
 def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> Volume:
     reader = sitk.ImageSeriesReader()
-    uids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints "No Series were found" on stderr itself
+    try:
+        uids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not uids:
         raise InputError(f"no DICOM series found in folder {folder}")
     if series_uid is not None:
@@ -92,15 +98,17 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> Volume:
     return from_sitk(sitk.Cast(image, sitk.sitkFloat32), meta)
 
 
-def _nifti_expected_bytes(header: bytes) -> Optional[int]:
-    """vox_offset + voxel bytes from a NIfTI-1/-2 header, or None when the header is not NIfTI."""
+def _nifti_layout(header: bytes) -> Optional[tuple[int, int, str]]:
+    """(vox_offset, voxel data bytes, numpy float dtype or "") from a NIfTI-1/-2 header; None if not NIfTI."""
     for endian in "<>":
         if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            datatype = struct.unpack(endian + "h", header[70:72])[0]
             dims = struct.unpack(endian + "8h", header[40:56])
             bitpix = struct.unpack(endian + "h", header[72:74])[0]
             offset = max(int(struct.unpack(endian + "f", header[108:112])[0]), 348)
             break
         if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            datatype = struct.unpack(endian + "h", header[12:14])[0]
             bitpix = struct.unpack(endian + "h", header[14:16])[0]
             dims = struct.unpack(endian + "8q", header[16:80])
             offset = max(int(struct.unpack(endian + "q", header[168:176])[0]), 540)
@@ -113,32 +121,56 @@ def _nifti_expected_bytes(header: bytes) -> Optional[int]:
     voxels = 1
     for n in dims[1:ndim + 1]:
         voxels *= max(int(n), 0)
-    return offset + voxels * bitpix // 8
+    floats = {16: "f4", 64: "f8"}.get(datatype, "")  # NIFTI_TYPE_FLOAT32 / FLOAT64
+    return offset, voxels * bitpix // 8, (endian + floats) if floats else ""
 
 
-def _check_nifti_complete(p: Path) -> None:
-    """ITK's NIfTI reader fills a truncated file (plain or gzipped) with zeros without a word: refuse it."""
+def _check_nifti(p: Path) -> None:
+    """Refuse what ITK's NIfTI reader would silently alter: a truncated file (plain or gzipped; ITK fills the
+    missing voxels with zeros) and NaN or infinite voxels (ITK turns them into zeros). Reads the file once."""
     name = p.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         return
+    seen, bad, carry = 0, 0, b""
     try:
         with open(p, "rb") as raw:
             gzipped = raw.read(2) == b"\x1f\x8b"
-        if not gzipped:
-            with open(p, "rb") as fh:
-                expected = _nifti_expected_bytes(fh.read(540))
-            actual = p.stat().st_size
-        else:
-            with gzip.open(p, "rb") as fh:
-                header = fh.read(540)
-                expected = _nifti_expected_bytes(header)
-                actual = len(header)
-                while chunk := fh.read(1 << 22):  # also raises if the gzip stream itself is cut short
-                    actual += len(chunk)
+        with (gzip.open(p, "rb") if gzipped else open(p, "rb")) as fh:
+            header = fh.read(540)
+            layout = _nifti_layout(header)
+            if layout is None:
+                return  # not a NIfTI header: ITK says what is wrong
+            offset, nbytes, dtype = layout
+            if not dtype and not gzipped:  # integer voxels: only the length matters
+                seen = max(0, p.stat().st_size - offset)
+            else:
+                item = int(dtype[-1]) if dtype else 1
+
+                def feed(buf: bytes) -> None:
+                    nonlocal seen, bad, carry
+                    take = buf[: max(0, nbytes - seen)]
+                    seen += len(take)
+                    if dtype:
+                        buf = carry + take
+                        n = len(buf) - len(buf) % item
+                        bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(buf[:n], dtype))))
+                        carry = buf[n:]
+
+                if len(header) > offset:
+                    feed(header[offset:])
+                else:
+                    fh.read(offset - len(header))  # header extensions
+                while seen < nbytes:
+                    chunk = fh.read(1 << 22)  # raises EOFError if a gzip stream is cut short
+                    if not chunk:
+                        break
+                    feed(chunk)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"cannot read {p}: truncated or corrupt file ({exc})") from None
-    if expected is not None and actual < expected:
-        raise InputError(f"cannot read {p}: truncated file ({actual} of {expected} bytes)")
+    if seen < nbytes:
+        raise InputError(f"cannot read {p}: truncated file ({offset + seen} of {offset + nbytes} bytes)")
+    if bad:
+        raise InputError(f"{p} has {bad} NaN or infinite voxels")
 
 
 def read_volume(path: str | os.PathLike, series_uid: Optional[str] = None) -> Volume:
@@ -148,7 +180,7 @@ def read_volume(path: str | os.PathLike, series_uid: Optional[str] = None) -> Vo
         raise InputError(f"input not found: {p}")
     if p.is_dir():
         return _read_dicom_series(p, series_uid)
-    _check_nifti_complete(p)
+    _check_nifti(p)
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
