@@ -208,6 +208,6 @@ def run_medsr() -> Callable[..., "subprocess.CompletedProcess[str]"]:
     def run(*args: str, timeout: float = 120) -> "subprocess.CompletedProcess[str]":
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
         return subprocess.run([sys.executable, "-m", "MedSREnhanceLib.cli", *map(str, args)], capture_output=True,
-                              text=True, timeout=timeout, env=env)
+                              text=True, encoding="utf-8", errors="replace", timeout=timeout, env=env)
 
     return run

@@ -233,14 +233,16 @@ def test_2d_4d_vector_and_empty_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_voxels_refused_by_validate(tmp_path: Path, bad: float) -> None:
-    arr = make_volume(shape_zyx=(5, 6, 7)).array.copy()
+@pytest.mark.parametrize("ext", FORMATS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_voxels_refused(tmp_path: Path, bad: float, ext: str, dtype) -> None:
+    """Refused at read (NIfTI: ITK's reader would silently turn them into zeros) or by ``validate``."""
+    arr = make_volume(shape_zyx=(5, 6, 7)).array.astype(dtype)
     arr[2, 3, 4] = bad
     arr[0, 0, 0] = bad
-    path = write_sitk(tmp_path / "nf.nrrd", sitk.GetImageFromArray(arr))
-    vol = read_volume(path)
+    path = write_sitk(tmp_path / f"nf{ext}", sitk.GetImageFromArray(arr))
     with pytest.raises(InputError, match="2 NaN or infinite"):
-        validate(vol)
+        validate(read_volume(path))
 
 
 def test_validate_refuses_bad_geometry() -> None:
