@@ -125,6 +125,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None
+        self._modelListTask = None  # task the model combo was filled for
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -141,12 +142,13 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.enhanceButton.connect("clicked(bool)", self.onEnhanceButton)
         self.ui.suggestScaleButton.connect("clicked(bool)", self.onSuggestScale)
         self.ui.detectDevicesButton.connect("clicked(bool)", self.onDetectDevices)
-        self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskChanged)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.progressBar.hide()
 
         self._fillDeviceComboBox(self.logic.deviceChoices(loadTorch=False))
+        if "torch" in sys.modules:  # already loaded by another module: showing its versions costs nothing
+            self.ui.deviceInfoLabel.text = self.logic.torchInfo()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -211,6 +213,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.addItem(choice.label, choice.name)
             combo.setItemData(combo.count - 1, choice.summary, qt.Qt.ToolTipRole)
         combo.blockSignals(wasBlocked)
+        self._modelListTask = self._parameterNode.task
         if not self._selectComboData(combo, self._parameterNode.model):
             combo.setCurrentIndex(0)
             self._parameterNode.model = "auto"
@@ -238,10 +241,6 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelDescriptionLabel.text = self.ui.modelComboBox.itemData(
             self.ui.modelComboBox.currentIndex, qt.Qt.ToolTipRole) or ""
 
-    def onTaskChanged(self, index) -> None:
-        if self._parameterNode:
-            self._fillModelComboBox()
-
     def onModelChanged(self, index) -> None:
         if self._parameterNode and index >= 0:
             self._parameterNode.model = self.ui.modelComboBox.itemData(index)
@@ -253,6 +252,8 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
+        if p and p.task != self._modelListTask:
+            self._fillModelComboBox()  # the task changed: offer that task's models
         isSR = bool(p) and p.task == "sr"
         self.ui.scaleCollapsibleButton.enabled = isSR
         mode = p.scaleMode if p else "isotropic"
@@ -366,10 +367,9 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if outcome.error is not None:
             message = str(outcome.error).splitlines()[0] if str(outcome.error) else type(outcome.error).__name__
             self.ui.statusLabel.text = _("Failed: {message}").format(message=message)
-            details = None if isinstance(outcome.error, InputError) else "".join(
-                traceback.format_exception(type(outcome.error), outcome.error, outcome.error.__traceback__))
-            slicer.util.errorDisplay(_("Enhancement failed: {message}").format(message=message),
-                                     detailedText=details)
+            extra = {} if isinstance(outcome.error, InputError) else {"detailedText": "".join(
+                traceback.format_exception(type(outcome.error), outcome.error, outcome.error.__traceback__))}
+            slicer.util.errorDisplay(_("Enhancement failed: {message}").format(message=message), **extra)
             return
         p = self._parameterNode
         if p:
