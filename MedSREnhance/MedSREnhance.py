@@ -126,6 +126,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._modelListTask = None  # task the model combo was filled for
+        self._runInput = None  # input of the running job
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -191,7 +192,10 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._relabelChoiceComboBoxes()
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._fillModelComboBox()
-            self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
+            if not self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device):
+                # e.g. "cuda:1" saved in a scene before torch was loaded in this session: keep it selectable
+                self.ui.deviceComboBox.addItem(self._parameterNode.device, self._parameterNode.device)
+                self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
         self._onParameterNodeModified()
 
     # -- GUI state ------------------------------------------------------------------------------------------------
@@ -222,7 +226,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _fillDeviceComboBox(self, choices) -> None:
         combo = self.ui.deviceComboBox
         wasBlocked = combo.blockSignals(True)
-        current = combo.currentData if combo.count else "auto"
+        current = combo.itemData(combo.currentIndex) if combo.count else "auto"
         combo.clear()
         for value, label in choices:
             combo.addItem(label, value)
@@ -327,6 +331,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if "torch" in sys.modules:
                 self.ui.deviceInfoLabel.text = self.logic.torchInfo()
             scale = self._currentScale() if p.task == "sr" else 1
+            self._runInput = p.inputVolume
             self._job = self.logic.processAsync(
                 p.inputVolume, task=p.task, model=p.model, scale=scale, device=p.device,
                 tile=p.tileSize or None, precision=p.precision,
@@ -371,17 +376,15 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 traceback.format_exception(type(outcome.error), outcome.error, outcome.error.__traceback__))}
             slicer.util.errorDisplay(_("Enhancement failed: {message}").format(message=message), **extra)
             return
+        # The output selectors stay as they were: with "Create new volume" a re-run updates the nodes named after
+        # the input and scale (a x3 run never overwrites the node named _SRx2).
         p = self._parameterNode
-        if p:
-            with slicer.util.NodeModify(p.parameterNode):
-                p.enhancedVolume = outcome.enhanced_node
-                p.differenceVolume = outcome.difference_node
         lines = [_("Done in {t} with model {model} on {device}.").format(
             t=helpers.format_duration(outcome.elapsed), model=outcome.model, device=outcome.device)]
         lines += outcome.messages
         self.ui.statusLabel.text = "\n".join(lines)
         if p is None or p.showLayout:
-            self.logic.showResults(p.inputVolume if p else None, outcome.enhanced_node, outcome.difference_node,
+            self.logic.showResults(self._runInput, outcome.enhanced_node, outcome.difference_node,
                                    differenceAsOverlay=bool(p and p.differenceAsOverlay))
 
 
