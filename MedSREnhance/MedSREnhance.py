@@ -127,6 +127,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._modelListTask = None  # task the model combo was filled for
         self._runInput = None  # input of the running job
+        self._lastInputID = None  # to suggest a through-plane factor when the input changes
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -258,6 +259,11 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p and p.task != self._modelListTask:
             self._fillModelComboBox()  # the task changed: offer that task's models
+        inputID = p.inputVolume.GetID() if p and p.inputVolume else None
+        if inputID != self._lastInputID:
+            self._lastInputID = inputID
+            if inputID and p.scaleMode == "through-plane":
+                self.onSuggestScale()  # a new input: its own slice axis and factor
         isSR = bool(p) and p.task == "sr"
         self.ui.scaleCollapsibleButton.enabled = isSR
         mode = p.scaleMode if p else "isotropic"
