@@ -151,6 +151,26 @@ def test_harness_writes_markdown_json_and_png(tmp_path: Path, monkeypatch: pytes
     assert report["results"][0]["verdicts"]["models"] == {}
 
 
+def test_cache_reuses_identical_work(tmp_path: Path) -> None:
+    path = tmp_path / "mr.nii.gz"
+    sitk.WriteImage(to_sitk(phantom((16, 18, 20))), str(path))
+    volumes = bench.find_volumes([path], modality="mr")
+    settings = bench.BenchSettings(cases=("mr-sr-x2",), models="none", crop=16, cache=str(tmp_path / "cache"))
+    first = bench.run_bench(volumes, tmp_path / "a", settings)
+    second = bench.run_bench(volumes, tmp_path / "b", settings)
+    rows1, rows2 = first["results"][0]["rows"], second["results"][0]["rows"]
+    assert not any(r.get("cached") for r in rows1) and all(r.get("cached") for r in rows2)
+    assert [r["metrics"] for r in rows1] == [r["metrics"] for r in rows2]
+    assert "(cached)" in (tmp_path / "b" / "results.md").read_text()
+    # A different seed means a different degraded input: nothing may be reused for classical rows of a noisy case.
+    noisy = bench.BenchSettings(cases=("mr-denoise-5",), models="none", crop=16, cache=str(tmp_path / "cache"),
+                                png=False)
+    bench.run_bench(volumes, tmp_path / "c", noisy)
+    other = bench.run_bench(volumes, tmp_path / "d", bench.BenchSettings(
+        cases=("mr-denoise-5",), models="none", crop=16, cache=str(tmp_path / "cache"), png=False, seed=1))
+    assert not any(r.get("cached") for r in other["results"][0]["rows"])
+
+
 def test_judge_marks_the_bar() -> None:
     rows = [
         {"model": "bspline", "kind": "classical", "params": {}, "metrics": {"psnr_fg": 30.0, "ssim": 0.9, "ssim_fg": 0.8}},
