@@ -37,11 +37,19 @@ def choose_device(device: str = "auto") -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {device!r} requested but MPS is not available")
     return dev
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[torch.dtype]:
     """Mixed precision where it helps: fp16/bf16 on GPUs. On CPU, fp32 unless asked ("bf16" uses AMX)."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -68,7 +76,10 @@ def _gaussian_window(shape: Sequence[int], sigma_scale: float = 0.125) -> np.nda
         sigma = max(n * sigma_scale, 1e-3)
         axes.append(np.exp(-0.5 * (x / sigma) ** 2))
     w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    return np.maximum(w / w.max(), 1e-3).astype(np.float32)  # never 0: every voxel gets some weight
+    # Never 0, so every voxel gets some weight; the floor must stay far below the Gaussian's own corner value
+    # (exp(-24) for sigma = n/8 in 3D): a floor of 1e-3 let the wrong, zero-padded rims of neighbouring windows
+    # weigh as much as the good centres of others and made blending several times worse.
+    return np.maximum(w / w.max(), 1e-12).astype(np.float32)
 
 
 def tiled_apply(
