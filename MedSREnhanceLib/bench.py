@@ -215,18 +215,36 @@ def _fit_size(n: int, limit: int, factor: float) -> int:
     raise ValueError(f"no crop of {n} voxels is divisible by {factor}")
 
 
+def _grid_step(factor: float) -> int:
+    """Smallest whole number of HR voxels that is a whole number of LR voxels (2 -> 2, 2.5 -> 5)."""
+    for m in range(1, 1000):
+        if abs(m / factor - round(m / factor)) < 1e-6:
+            return m
+    raise ValueError(f"scale {factor} has no small common multiple with the voxel grid")
+
+
+def case_factors_zyx(case: Case) -> tuple[float, float, float]:
+    f = case.scale if case.task == "sr" else (1.0, 1.0, 1.0)
+    return (f[2], f[1], f[0])
+
+
 def crop_box(vol: Volume, case: Case, crop: Optional[int], mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(start, size) in array order (z, y, x): centred on the foreground, sizes divisible by the case's scale."""
+    """(start, size) in array order (z, y, x): centred on the foreground; sizes AND starts divisible by the case's
+    scale, so the crop of the LR volume is exactly the LR version of the crop (the grids nest)."""
     limit = crop if crop else max(vol.array.shape)
-    factors = case.scale if case.task == "sr" else (1.0, 1.0, 1.0)
-    sizes = tuple(_fit_size(n, limit, factors[2 - d]) for d, n in enumerate(vol.array.shape))
+    factors = case_factors_zyx(case)
+    sizes = tuple(_fit_size(n, limit, f) for n, f in zip(vol.array.shape, factors))
     idx = np.argwhere(mask)
     if idx.size:
         centre = (idx.min(axis=0) + idx.max(axis=0)) / 2.0
     else:
         centre = np.asarray(vol.array.shape) / 2.0
-    starts = tuple(int(min(max(0, round(c - s / 2.0)), n - s)) for c, s, n in zip(centre, sizes, vol.array.shape))
-    return starts, sizes
+    starts = []
+    for c, sz, n, f in zip(centre, sizes, vol.array.shape, factors):
+        step = _grid_step(f)
+        start = int(round((c - sz / 2.0) / step)) * step
+        starts.append(int(min(max(0, start), (n - sz) // step * step)))
+    return tuple(starts), sizes
 
 
 def crop_volume(vol: Volume, start: Sequence[int], size: Sequence[int]) -> Volume:
@@ -406,6 +424,11 @@ def degraded_pair(case: Case, bv: BenchVolume, settings: BenchSettings,
 
     raw = read_volume(bv.path)
     full, notes = prepare_ground_truth(raw, case.modality)
+    factors = case_factors_zyx(case)
+    # Whole acquisitions are degraded (an MR acquisition sees the whole field of view; k-space truncation of a
+    # crop would wrap its cut edges around), so trim the volume to whole LR voxels first, then crop both.
+    trim = tuple(_fit_size(n, n, f) for n, f in zip(full.array.shape, factors))
+    full = crop_volume(full, (0, 0, 0), trim)
     rough_mask = metrics.foreground_mask(full.array, case.modality, smooth_sigma=2.0)
     start, size = crop_box(full, case, settings.crop, rough_mask)
     cache_file = None
@@ -419,14 +442,18 @@ def degraded_pair(case: Case, bv: BenchVolume, settings: BenchSettings,
             return vols["input"], vols["gt"], notes, start, size
     rng = _seed_for(settings.seed, case.name, bv.id)
     if case.degradation == "lowdose_ct":
-        # Project whole axial slices (cropping first would remove attenuating tissue from every ray), then crop.
+        # Slice by slice: only the cropped slices need projecting, but whole axial slices (cropping in-plane first
+        # would remove attenuating tissue from every ray).
         slab = crop_volume(full, (start[0], 0, 0), (size[0],) + full.array.shape[1:])
         noisy, ref = degrade_case(case, slab, rng)
         inp = crop_volume(noisy, (0,) + start[1:], (size[0],) + size[1:])
         gt = crop_volume(ref, (0,) + start[1:], (size[0],) + size[1:])
     else:
-        gt = crop_volume(full, start, size)
-        inp, gt = degrade_case(case, gt, rng)
+        inp_full, gt_full = degrade_case(case, full, rng)
+        gt = crop_volume(gt_full, start, size)
+        lr_start = tuple(int(round(st / f)) for st, f in zip(start, factors))
+        lr_size = tuple(int(round(sz / f)) for sz, f in zip(size, factors))
+        inp = crop_volume(inp_full, lr_start, lr_size)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         _save_volumes(cache_file, {"input": inp, "gt": gt})
@@ -727,7 +754,7 @@ def _plot(case: Case, bv: BenchVolume, gt: Volume, inp: Volume, rows: list[dict[
     png_dir = out_dir / "png"
     png_dir.mkdir(parents=True, exist_ok=True)
     path = png_dir / f"{case.name}__{bv.id}.png"
-    fig.savefig(path, dpi=55)
+    fig.savefig(path, dpi=65)
     plt.close(fig)
     return str(path.relative_to(out_dir))
 

@@ -59,6 +59,22 @@ def test_crop_sizes_divide_the_scale() -> None:
     np.testing.assert_array_equal(crop.array, vol.array[start[0]:start[0] + 20])
 
 
+@pytest.mark.parametrize("case_name", ["mr-sr-x2", "mr-throughplane-x4", "mr-sr-x2.5"])
+def test_degraded_crop_nests_in_the_ground_truth_crop(tmp_path: Path, case_name: str) -> None:
+    from MedSREnhanceLib.volume import resized_geometry
+
+    path = tmp_path / "v.nii.gz"
+    sitk.WriteImage(to_sitk(phantom((27, 31, 29))), str(path))
+    bv = bench.find_volumes([path], modality="mr")[0]
+    case = bench.parse_case(case_name)
+    inp, gt, _, start, size = bench.degraded_pair(case, bv, bench.BenchSettings(crop=20))
+    assert all(st % bench._grid_step(f) == 0 for st, f in zip(start, bench.case_factors_zyx(case)))
+    lr_size, lr_spacing, lr_origin = resized_geometry(gt, tuple(1.0 / f for f in case.scale))
+    assert inp.size == lr_size
+    np.testing.assert_allclose(inp.spacing, lr_spacing, atol=1e-6)
+    np.testing.assert_allclose(inp.origin, lr_origin, atol=1e-5)
+
+
 def test_zscored_mr_is_shifted_to_a_zero_background() -> None:
     vol = phantom()
     z = vol.with_array((vol.array - 50.0) / 30.0)  # background at the minimum, negative
