@@ -102,11 +102,20 @@ def set_node_from_volume(node: Any, volume: Volume) -> None:
     node.Modified()
 
 
+def _subject_hierarchy(scene: Any) -> Any:
+    """The scene's subject hierarchy node if it has one (never created here: reading must not change the scene)."""
+    return scene.GetFirstNodeByClass("vtkMRMLSubjectHierarchyNode") if scene is not None else None
+
+
 def _dicom_modality(node: Any) -> Optional[str]:
-    """"mr"/"ct" from DICOM attributes Slicer keeps on the node, else None (then the engine infers it)."""
+    """"mr"/"ct" from the DICOM Modality Slicer's DICOM import keeps (on the node or its subject hierarchy item),
+    else None (then the engine infers it from the intensities)."""
     raw = node.GetAttribute("DICOM.Modality") or ""
-    raw = raw.strip().upper()
-    return {"MR": "mr", "CT": "ct"}.get(raw)
+    sh = _subject_hierarchy(node.GetScene())
+    if not raw and sh is not None:
+        item = sh.GetItemByDataNode(node)
+        raw = sh.GetItemAttribute(item, "DICOM.Modality") if item else ""
+    return {"MR": "mr", "CT": "ct"}.get((raw or "").strip().upper())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,8 +167,7 @@ def _find_previous_output(scene: Any, input_node: Any, role: str, name: str) -> 
 
 def _place_in_hierarchy(scene: Any, input_node: Any, node: Any) -> None:
     """Put the result next to its input in the Data module tree (where subject hierarchy exists)."""
-    sh_class = getattr(slicer, "vtkMRMLSubjectHierarchyNode", None)
-    sh = sh_class.GetSubjectHierarchyNode(scene) if sh_class is not None else None
+    sh = _subject_hierarchy(scene)
     if sh is None:
         return
     parent = sh.GetItemParent(sh.GetItemByDataNode(input_node))

@@ -141,6 +141,21 @@ def test_volume_from_node_matches_simpleitk(scene, tmp_path, direction):
     assert np.sign(np.linalg.det(vol.direction)) == np.sign(np.linalg.det(direction))
 
 
+def test_dicom_modality_reaches_the_engine(scene, tmp_path):
+    path, _ = write_file(tmp_path, OBLIQUE)
+    node = load_node(scene, path)
+    n = node_count(scene)
+    assert "modality" not in mrml.volume_from_node(node).metadata
+    assert node_count(scene) == n  # reading never adds nodes (e.g. a subject hierarchy)
+    node.SetAttribute("DICOM.Modality", "CT")
+    assert mrml.volume_from_node(node).metadata["modality"] == "ct"
+    node.RemoveAttribute("DICOM.Modality")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # as Slicer's DICOM import leaves it
+    item = sh.CreateItem(sh.GetSceneItemID(), node)
+    sh.SetItemAttribute(item, "DICOM.Modality", "MR")
+    assert mrml.volume_from_node(node).metadata["modality"] == "mr"
+
+
 def test_node_round_trip_is_exact(scene):
     vol = Volume(smooth_array(), SPACING, ORIGIN, LEFT_HANDED)
     node = slicer.vtkMRMLScalarVolumeNode()
