@@ -473,3 +473,19 @@ def test_scripted_logic_process_and_async(scene, input_node, monkeypatch):
         assert logic._activeJobs == {}
     finally:
         sys.modules.pop("MedSREnhance", None)
+
+
+def test_result_layout_is_accepted_by_mrml_layout_logic(scene):
+    """Slicer's own layout logic turns the layout XML into input | enhanced | difference slice views."""
+    from MedSREnhanceLib import slicer_helpers as helpers
+
+    logic = slicer.vtkMRMLLayoutLogic()
+    logic.SetMRMLScene(scene)
+    layout = logic.GetLayoutNode()
+    layout.AddLayoutDescription(helpers.LAYOUT_ID, helpers.layout_xml())
+    layout.SetViewArrangement(helpers.LAYOUT_ID)
+    views = {}
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+        views[node.GetLayoutName()] = node.GetLayoutLabel()
+    assert [views.get(name) for name in helpers.VIEW_NAMES] == list(helpers.VIEW_LABELS)
