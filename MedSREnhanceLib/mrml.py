@@ -16,8 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import slicer
-import vtk
+
+try:
+    import slicer
+    import vtk
+except ImportError as exc:  # say what is missing instead of a bare "No module named slicer"
+    raise ImportError("MedSREnhanceLib.mrml runs inside 3D Slicer or needs the slicer-core package "
+                      "(pip install slicer-core)") from exc
+if not hasattr(slicer, "vtkMRMLScene"):
+    raise ImportError("the 'slicer' module found is not 3D Slicer's (the unrelated PyPI package 'slicer' hides "
+                      "slicer-core: pip uninstall slicer, then reinstall slicer-core)")
 
 from . import slicer_helpers as helpers
 from .errors import CancelledError, InputError
