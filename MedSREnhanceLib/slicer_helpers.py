@@ -1,7 +1,8 @@
 """Pure helpers behind the Slicer panel: choice lists, scale rules, output names, layout XML, a worker thread.
 
-Nothing here imports slicer, qt, vtk or torch, so all of it is tested with plain pytest; the scripted module
-(MedSREnhance/MedSREnhance.py) only binds these to widgets.
+Nothing here imports slicer, qt, vtk or torch (only the light parts of the library), so all of it is tested with
+plain pytest and the panel's setup() stays fast; the scripted module (MedSREnhance/MedSREnhance.py) only binds
+these to widgets.
 """
 from __future__ import annotations
 
@@ -42,8 +43,7 @@ class ModelChoice:
 def model_choices(task: str, registry: Optional[dict[str, Any]] = None) -> list[ModelChoice]:
     """Entries of the model combo for ``task``: "auto" first, then learned models, then classical ones.
 
-    ``registry`` defaults to MedSREnhanceLib.models.registry.REGISTRY (imported here, never at module import, so
-    loading this file stays instant).
+    ``registry`` defaults to MedSREnhanceLib.models.registry.REGISTRY.
     """
     if registry is None:
         from .models.registry import REGISTRY as registry  # noqa: N811 - local alias of the static registry
@@ -53,11 +53,36 @@ def model_choices(task: str, registry: Optional[dict[str, Any]] = None) -> list[
                        "a classical method when no trained model fits.")]
     for spec in specs:
         card = spec.card_data() if hasattr(spec, "card_data") else {}
-        summary = spec.summary
-        metrics = card.get("metrics") if isinstance(card, dict) else None
-        if metrics:
-            summary += f" | measured: {_short_metrics(metrics)}"
-        out.append(ModelChoice(spec.name, f"{spec.name} ({spec.kind})", summary))
+        out.append(ModelChoice(spec.name, f"{spec.name} ({spec.kind})", card_summary(spec.summary, card)))
+    return out
+
+
+def card_summary(summary: str, card: Any) -> str:
+    """One line for the panel from a model card: size, training data and the first measured metrics."""
+    if not isinstance(card, dict):
+        return summary
+    parts = [summary]
+    if isinstance(card.get("parameters"), (int, float)):
+        parts.append(f"{card['parameters'] / 1e6:.2g} M parameters")
+    volumes = (card.get("training") or {}).get("volumes") if isinstance(card.get("training"), dict) else None
+    if isinstance(volumes, (list, tuple)) and volumes:
+        parts.append(f"trained on {len(volumes)} volumes")
+    numbers = _numbers(card.get("metrics"))
+    if numbers:
+        parts.append("measured: " + ", ".join(f"{k} {v:.3g}" for k, v in numbers[:3]))
+    return " | ".join(parts)
+
+
+def _numbers(tree: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, number) pairs of a nested metrics dict, in order."""
+    out: list[tuple[str, float]] = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.append((name, float(value)))
+            else:
+                out.extend(_numbers(value, name))
     return out
 
 
@@ -98,13 +123,6 @@ def missing_packages(requirements: Sequence[str]) -> list[str]:
 
     return [r for r in requirements
             if importlib.util.find_spec(IMPORT_NAMES.get(r, r).replace("-", "_")) is None]
-
-
-def _short_metrics(metrics: Any) -> str:
-    if isinstance(metrics, dict):
-        items = [f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in list(metrics.items())[:3]]
-        return ", ".join(items)
-    return str(metrics)[:80]
 
 
 def device_choices(cuda_names: Sequence[str] = (), mps: bool = False) -> list[tuple[str, str]]:

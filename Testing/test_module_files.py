@@ -224,3 +224,19 @@ def test_license_is_apache_2():
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a stub
+
+
+def test_parameter_choices_match_the_helpers():
+    """The parameter node repeats some choice lists (the module may not import the library at import time)."""
+    from MedSREnhanceLib import slicer_helpers as helpers
+
+    params = _parameter_annotations()
+
+    def choices(name: str) -> list:
+        return ast.literal_eval(re.search(r"Choice\((\[.*?\])\)", params[name]).group(1))
+
+    assert choices("task") == list(helpers.TASKS)
+    assert choices("scaleMode") == list(helpers.SCALE_MODES)
+    assert choices("isotropicFactor") == list(helpers.ISOTROPIC_FACTORS)
+    assert choices("throughPlaneAxis") == ["auto", *helpers.AXES]
+    assert choices("precision") == list(helpers.PRECISIONS)

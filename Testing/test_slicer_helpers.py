@@ -145,3 +145,11 @@ def test_worker_cancel_and_error():
     assert worker.wait(5) and worker.cancel_requested
     result, error = worker.outcome()
     assert result is None and isinstance(error, RuntimeError)
+
+
+def test_card_summary():
+    card = {"parameters": 123456, "training": {"volumes": ["a", "b", "c"]},
+            "metrics": {"psnr": {"whole": 35.123, "mask": 31.0}, "ssim": 0.91, "note": "x"}}
+    text = h.card_summary("SR net", card)
+    assert text == "SR net | 0.12 M parameters | trained on 3 volumes | measured: psnr.whole 35.1, psnr.mask 31, ssim 0.91"
+    assert h.card_summary("Trilinear", {}) == "Trilinear"
