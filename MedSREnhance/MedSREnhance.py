@@ -544,8 +544,9 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
         """input | enhanced | difference in three linked slice views (or input | enhanced + difference overlay)."""
         from MedSREnhanceLib import slicer_helpers as helpers
 
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:  # no main window (batch or generic tests)
+        app = getattr(slicer, "app", None)
+        layoutManager = app.layoutManager() if app is not None else None
+        if layoutManager is None:  # no main window (batch, generic tests, slicer-core)
             return
         if differenceAsOverlay:
             layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
