@@ -1,0 +1,679 @@
+"""Training of the bundled models: ``medsr train CONFIG.toml`` (or ``python -m MedSREnhanceLib.train CONFIG``).
+
+A TOML config holds four typed tables ([model], [data], [degrade], [train]; see the dataclasses below and
+configs/*.toml). Pairs come from the physical degradations in ``degrade.py`` exactly as the engine and the
+benchmark see them, normalised with ``normalise.forward`` computed on the degraded input (as at inference).
+Patches are drawn with probability growing with the target's gradient magnitude; augmentation = flips, axis
+permutations (where the degradation is isotropic), intensity scaling, random degradation parameters.
+Loss = L1 + ``ssim_weight`` * (1 - SSIM). Checkpoints (model, optimiser, step, RNG states) every
+``checkpoint_minutes`` to ``run_dir``; ``resume=True`` continues from the last one. The result is
+``weights/<name>.pt`` (fp32 state_dict) plus ``weights/<name>.json`` (model card with the resolved config).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib
+import json
+import logging
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from . import degrade
+from .normalise import forward as normalise_forward
+from .normalise import robust_max
+from .resample import from_sitk, resample_scale
+from .volume import Volume
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class ModelConfig:
+    name: str  # bundled model name, e.g. "mr-sr-x2"; also the weights/card file stem
+    arch: str  # module in MedSREnhanceLib.models
+    builder: str  # class in that module
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the typed constructor (typos fail there)
+    init_from: str = ""  # optional state_dict to start from (fine-tuning), relative to the repo root
+    init_strict: bool = True  # False: copy only tensors whose names and shapes match (body transfer)
+
+
+@dataclass
+class DataConfig:
+    task: str  # "sr" | "throughplane" | "denoise-mr" | "denoise-ct"
+    train_ids: list[str]
+    val_ids: list[str] = field(default_factory=list)
+    data_root: str = "/work/shared/data"
+    patch: int = 32  # target (HR) patch edge in voxels (2D patches for throughplane)
+    zscore_variants: bool = True  # add brain-z-scored copies (background 0, negative tissue values)
+    cache_dir: str = "/work/cache"  # precomputed CT pairs (never inside the repo)
+    ct_max_slices: int = 32  # central axial slices per CT volume used for the low-dose pairs
+    max_extent: int = 0  # crop every axis to at most this many central voxels (0: whole volumes)
+
+
+@dataclass
+class DegradeConfig:
+    scale: int = 2  # isotropic SR factor
+    factor_range: list[float] = field(default_factory=lambda: [2.0, 6.0])  # through-plane slice ratios
+    profiles: list[str] = field(default_factory=lambda: ["gaussian", "rect"])
+    noise_range: list[float] = field(default_factory=lambda: [0.0, 0.0])  # Rician level range
+    noise_prob: float = 0.0  # probability of adding Rician noise to an input (SR robustness)
+    photons_sim: list[float] = field(default_factory=lambda: [1e4])  # simulated photon counts (CT cache)
+    photons_range: list[float] = field(default_factory=lambda: [1e4, 1e5])  # dose range drawn in training
+    electronic_noise_std: float = 5.0
+    n_angles: int = 360
+    refresh_every: int = 50  # steps between fresh random degradations of the whole training volumes
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch: int = 4
+    lr: float = 1e-3
+    lr_final_fraction: float = 0.05  # cosine decay to this fraction of lr
+    ssim_weight: float = 0.2
+    seed: int = 0
+    threads: int = 1
+    checkpoint_minutes: float = 3.0
+    max_minutes: float = 35.0  # hard wall-clock stop (a truncated run says so in its card)
+    val_every: int = 200
+    run_dir: str = "/work/runs"
+    out_dir: str = ""  # default: MedSREnhanceLib/weights
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    data: DataConfig
+    degrade: DegradeConfig
+    train: TrainConfig
+
+
+def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(table) - names
+    if unknown:
+        raise ValueError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
+    return cls(**table)
+
+
+def load_config(path: str | Path) -> Config:
+    raw = tomllib.loads(Path(path).read_text())
+    unknown = set(raw) - {"model", "data", "degrade", "train"}
+    if unknown:
+        raise ValueError(f"unknown table(s) in {path}: {', '.join(sorted(unknown))}")
+    return Config(
+        model=_build(ModelConfig, raw["model"], "model"),
+        data=_build(DataConfig, raw["data"], "data"),
+        degrade=_build(DegradeConfig, raw.get("degrade", {}), "degrade"),
+        train=_build(TrainConfig, raw.get("train", {}), "train"),
+    )
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+def read_manifest(data_root: str) -> dict[str, dict[str, Any]]:
+    entries = json.loads((Path(data_root) / "MANIFEST.json").read_text())
+    return {e["id"]: e for e in entries}
+
+
+def load_volume(data_root: str, volume_id: str) -> Volume:
+    entry = read_manifest(data_root)[volume_id]
+    image = sitk.ReadImage(str(Path(data_root) / entry["file"]), sitk.sitkFloat32)
+    vol = from_sitk(image, {"id": volume_id})
+    logger.info("loaded %s %s spacing %s", volume_id, vol.array.shape, vol.spacing)
+    return vol
+
+
+def check_weights_ok(data_root: str, ids: list[str]) -> None:
+    manifest = read_manifest(data_root)
+    for vid in ids:
+        if not str(manifest[vid].get("weights_ok", "")).startswith("yes"):
+            raise ValueError(f"volume {vid!r} may not be used to train weights (weights_ok: "
+                             f"{manifest[vid].get('weights_ok')!r})")
+
+
+def crop_centre(vol: Volume, max_extent: int) -> Volume:
+    """The central at most ``max_extent`` voxels of every axis (keeps big volumes cheap to re-degrade)."""
+    if max_extent <= 0 or max(vol.array.shape) <= max_extent:
+        return vol
+    start = [max(0, (n - max_extent) // 2) for n in vol.array.shape]
+    sl = tuple(slice(a, a + max_extent) for a in start)
+    origin = vol.index_to_physical(np.array(start[::-1], float))  # (i, j, k) of the new voxel 0
+    return Volume(vol.array[sl], vol.spacing, tuple(origin), vol.direction, dict(vol.metadata))
+
+
+def zscore_brain(array: np.ndarray) -> np.ndarray:
+    """BraTS-style intensities: z-scored inside the foreground, background exactly 0."""
+    mask = degrade.foreground_mask(array)
+    if not mask.any():
+        return array.copy()
+    mean, std = float(array[mask].mean()), float(array[mask].std()) or 1.0
+    return np.where(mask, (array - mean) / std, 0.0).astype(np.float32)
+
+
+def structure_weights(array: np.ndarray, stride: int) -> np.ndarray:
+    """Sampling weights on a coarse grid: smoothed gradient magnitude plus a floor so flat areas still appear."""
+    g = ndimage.gaussian_gradient_magnitude(array.astype(np.float32), 1.0)
+    coarse = g[tuple(slice(None, None, stride) for _ in range(array.ndim))]
+    return coarse + 0.2 * float(coarse.mean()) + 1e-8
+
+
+def sample_corner(weights: np.ndarray, stride: int, shape: tuple[int, ...], patch: tuple[int, ...],
+                  rng: np.random.Generator) -> tuple[int, ...]:
+    """Corner of a patch centred near a coarse-grid voxel drawn with probability proportional to ``weights``."""
+    flat = weights.ravel()
+    idx = int(rng.choice(flat.size, p=flat / flat.sum()))
+    centre = np.array(np.unravel_index(idx, weights.shape)) * stride + rng.integers(0, stride, weights.ndim)
+    corner = []
+    for c, n, p in zip(centre, shape, patch):
+        corner.append(int(np.clip(c - p // 2, 0, max(0, n - p))))
+    return tuple(corner)
+
+
+def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    pads = [(0, max(0, s - n)) for n, s in zip(array.shape, shape)]
+    return np.pad(array, pads, mode="reflect") if any(p[1] for p in pads) else array
+
+
+def _augment(arrays: list[np.ndarray], rng: np.random.Generator, permute_axes: tuple[int, ...],
+             flip_axes: tuple[int, ...]) -> list[np.ndarray]:
+    """Same random flips and permutation of ``permute_axes`` for every array of a pair."""
+    flips = [a for a in flip_axes if rng.random() < 0.5]
+    perm = list(range(arrays[0].ndim))
+    if len(permute_axes) > 1:
+        shuffled = list(rng.permutation(permute_axes))
+        for src, dst in zip(permute_axes, shuffled):
+            perm[src] = int(dst)
+    out = []
+    for a in arrays:
+        if flips:
+            a = np.flip(a, axis=flips)
+        out.append(np.ascontiguousarray(np.transpose(a, perm)))
+    return out
+
+
+class PairSource:
+    """Yields (input, target) batches; ``refresh`` redraws the random degradations of whole volumes."""
+
+    def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
+        self.cfg = cfg
+        self.rng = rng
+        self.vols = [crop_centre(load_volume(cfg.data.data_root, vid), cfg.data.max_extent) for vid in ids]
+
+    def refresh(self) -> None:  # pragma: no cover - overridden where degradations are random
+        pass
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self.sample() for _ in range(n)]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
+        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
+        return x, y
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+def _mr_variants(vols: list[Volume], zscore: bool) -> list[Volume]:
+    out = list(vols)
+    if zscore:
+        out += [v.with_array(zscore_brain(v.array)) for v in vols]
+    return out
+
+
+def _add_rician(x: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
+    """Rician noise on a normalised patch (sigma relative to 1 = the robust maximum)."""
+    base = min(0.0, float(x.min()))
+    n1 = rng.normal(0.0, level, x.shape)
+    n2 = rng.normal(0.0, level, x.shape)
+    return (np.sqrt((x - base + n1) ** 2 + n2**2) + base).astype(np.float32)
+
+
+class SRSource(PairSource):
+    """Isotropic SR: k-space truncation by an integer factor; LR and HR patches aligned exactly."""
+
+    def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
+        super().__init__(cfg, ids, rng)
+        s = cfg.degrade.scale
+        self.items = []
+        for vol in _mr_variants(self.vols, cfg.data.zscore_variants):
+            # crop to a multiple of s so the LR grid is exactly every s-th block of HR voxels
+            z, y, x = (d - d % s for d in vol.array.shape)
+            hr = Volume(vol.array[:z, :y, :x], vol.spacing, vol.origin, vol.direction)
+            lr = degrade.kspace_truncation(hr, (s, s, s))
+            lr_n, params = normalise_forward(lr.array, "mr")
+            hr_n = (hr.array / params["scale"]).astype(np.float32)
+            w = structure_weights(lr_n, 2)
+            self.items.append((lr_n, hr_n, w, bool(hr.array.min() >= 0)))
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        s, p = self.cfg.degrade.scale, self.cfg.data.patch // self.cfg.degrade.scale
+        lr, hr, w, nonneg = self.items[int(self.rng.integers(len(self.items)))]
+        c = sample_corner(w, 2, lr.shape, (p, p, p), self.rng)
+        x = _pad_to(lr[c[0]:c[0] + p, c[1]:c[1] + p, c[2]:c[2] + p], (p, p, p))
+        y = _pad_to(hr[s * c[0]:s * (c[0] + p), s * c[1]:s * (c[1] + p), s * c[2]:s * (c[2] + p)],
+                    (s * p,) * 3)
+        x, y = _augment([x, y], self.rng, (0, 1, 2), (0, 1, 2))
+        gain = float(self.rng.uniform(0.75, 1.25))
+        x, y = x * gain, y * gain
+        d = self.cfg.degrade
+        if nonneg and self.rng.random() < d.noise_prob:
+            x = _add_rician(x, float(self.rng.uniform(*d.noise_range)), self.rng)
+        return x.astype(np.float32), y.astype(np.float32)
+
+
+class ThroughPlaneSource(PairSource):
+    """Thick slices along one axis (random factor and profile) -> B-spline onto the HR grid; 2D (D, L) patches."""
+
+    def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
+        super().__init__(cfg, ids, rng)
+        self.bases = _mr_variants(self.vols, cfg.data.zscore_variants)
+        self.weights = [structure_weights(v.array / robust_max(v.array), 4) for v in self.bases]
+        self.items: list[tuple[np.ndarray, np.ndarray, int, list[int], np.ndarray]] = []
+        self.records: list[dict[str, Any]] = []
+        self.refresh()
+
+    @staticmethod
+    def fine_axes(vol: Volume) -> list[int]:
+        """Index axes whose spacing is within 10% of the finest (the ones that hold real detail)."""
+        sp = np.asarray(vol.spacing)
+        return [a for a in range(3) if sp[a] <= 1.1 * sp.min() and vol.size[a] >= 16]
+
+    def refresh(self) -> None:
+        d = self.cfg.degrade
+        self.items, self.records = [], []
+        for vol, w in zip(self.bases, self.weights):
+            axes = self.fine_axes(vol)
+            axis = int(axes[int(self.rng.integers(len(axes)))])
+            lr, record = degrade.random_slice_profile(vol, axis, tuple(d.factor_range), self.rng,
+                                                      profiles=tuple(d.profiles))
+            f = record["params"]["thickness_factor"]
+            factors = [1.0, 1.0, 1.0]
+            factors[axis] = f
+            up = resample_scale(lr, tuple(factors), "bspline")  # type: ignore[arg-type]
+            _, params = normalise_forward(lr.array, "mr")
+            shape = tuple(min(a, b) for a, b in zip(up.array.shape, vol.array.shape))
+            crop = tuple(slice(0, n) for n in shape)
+            up_n = (up.array[crop] / params["scale"]).astype(np.float32)
+            hr_n = (vol.array[crop] / params["scale"]).astype(np.float32)
+            self.items.append((up_n, hr_n, axis, [a for a in axes if a != axis], w))
+            self.records.append(record)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        p = self.cfg.data.patch
+        up, hr, axis, others, w = self.items[int(self.rng.integers(len(self.items)))]
+        other = int(others[int(self.rng.integers(len(others)))])
+        np_axis, np_other = 2 - axis, 2 - other
+        patch = [1, 1, 1]
+        patch[np_axis], patch[np_other] = p, p
+        c = sample_corner(w, 4, up.shape, tuple(patch), self.rng)
+        sl = tuple(slice(ci, ci + pi) for ci, pi in zip(c, patch))
+        # (D, L): slice axis first, as the engine permutes it to torch dim D
+        x = np.moveaxis(up[sl], (np_axis, np_other), (0, 1)).reshape(up[sl].shape[np_axis], -1)
+        y = np.moveaxis(hr[sl], (np_axis, np_other), (0, 1)).reshape(hr[sl].shape[np_axis], -1)
+        x, y = _pad_to(x, (p, p)), _pad_to(y, (p, p))
+        x, y = _augment([x, y], self.rng, (), (0, 1))
+        gain = float(self.rng.uniform(0.75, 1.25))
+        return (x * gain).astype(np.float32), (y * gain).astype(np.float32)
+
+
+class MRDenoiseSource(PairSource):
+    """Whole-volume Rician noise at a random level per refresh, normalised on the noisy volume as at inference."""
+
+    def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
+        super().__init__(cfg, ids, rng)
+        self.bases = _mr_variants(self.vols, cfg.data.zscore_variants)
+        self.weights = [structure_weights(v.array / robust_max(v.array), 2) for v in self.bases]
+        self.items: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.items = []
+        for vol, w in zip(self.bases, self.weights):
+            noisy, _ = degrade.random_rician_noise(vol, tuple(self.cfg.degrade.noise_range), self.rng)
+            x, params = normalise_forward(noisy.array, "mr")
+            self.items.append((x, (vol.array / params["scale"]).astype(np.float32), w))
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        p = self.cfg.data.patch
+        x, y, w = self.items[int(self.rng.integers(len(self.items)))]
+        c = sample_corner(w, 2, x.shape, (p, p, p), self.rng)
+        sl = tuple(slice(ci, ci + p) for ci in c)
+        a, b = _pad_to(x[sl], (p, p, p)), _pad_to(y[sl], (p, p, p))
+        a, b = _augment([a, b], self.rng, (0, 1, 2), (0, 1, 2))
+        gain = float(self.rng.uniform(0.75, 1.25))
+        return (a * gain).astype(np.float32), (b * gain).astype(np.float32)
+
+
+def ct_pairs_cached(cfg: Config, vol: Volume, volume_id: str) -> tuple[np.ndarray, list[tuple[float, np.ndarray]]]:
+    """Reference (HU) and noise fields (noisy - reference) per simulated photon count, cached under cache_dir."""
+    d = cfg.degrade
+    nz = vol.array.shape[0]
+    k = min(nz, cfg.data.ct_max_slices)
+    z0 = (nz - k) // 2
+    sub = Volume(vol.array[z0:z0 + k], vol.spacing, vol.origin, vol.direction)
+    key = json.dumps([volume_id, z0, k, d.photons_sim, d.electronic_noise_std, d.n_angles, cfg.train.seed])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = Path(cfg.data.cache_dir) / "ct_pairs" / f"{volume_id}_{digest}.npz"
+    if path.exists():
+        data = np.load(path)
+        ref = data["reference"]
+        return ref, [(float(p), data[f"noise_{i}"]) for i, p in enumerate(d.photons_sim)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([cfg.train.seed, int(digest[:8], 16)])
+    fields: dict[str, np.ndarray] = {}
+    ref = None
+    for i, photons in enumerate(d.photons_sim):
+        t0 = time.time()
+        noisy, reference = degrade.lowdose_ct(sub, photons, d.electronic_noise_std, rng, n_angles=d.n_angles)
+        ref = reference.array
+        fields[f"noise_{i}"] = (noisy.array - ref).astype(np.float32)
+        logger.info("CT pairs %s at %.0f photons: %.0f s", volume_id, photons, time.time() - t0)
+    assert ref is not None
+    np.savez(path, reference=ref, **fields)
+    return ref, [(float(p), fields[f"noise_{i}"]) for i, p in enumerate(d.photons_sim)]
+
+
+class CTDenoiseSource(PairSource):
+    """Low-dose CT: cached projection-domain simulations; dose varied by scaling the noise field
+    (quantum noise std ~ 1/sqrt(photons)) within ``photons_range``."""
+
+    def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
+        super().__init__(cfg, ids, rng)
+        self.items = []
+        for vid, vol in zip(ids, self.vols):
+            ref, fields = ct_pairs_cached(cfg, vol, vid)
+            ref_n, _ = normalise_forward(ref, "ct")
+            self.items.append((ref_n, [(p, f / 1000.0) for p, f in fields], structure_weights(ref_n, 2)))
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        p = self.cfg.data.patch
+        d = self.cfg.degrade
+        ref, fields, w = self.items[int(self.rng.integers(len(self.items)))]
+        photons_sim, noise = fields[int(self.rng.integers(len(fields)))]
+        lo, hi = np.log(d.photons_range[0]), np.log(d.photons_range[1])
+        photons = float(np.exp(self.rng.uniform(lo, hi)))
+        pz = min(p, ref.shape[0])
+        c = sample_corner(w, 2, ref.shape, (pz, p, p), self.rng)
+        sl = (slice(c[0], c[0] + pz), slice(c[1], c[1] + p), slice(c[2], c[2] + p))
+        y = _pad_to(ref[sl], (pz, p, p))
+        x = y + _pad_to(noise[sl], (pz, p, p)) * math.sqrt(photons_sim / photons)
+        # CT noise is independent between slices but correlated in-plane: never swap z with x/y
+        x, y = _augment([x, y], self.rng, (1, 2), (0, 1, 2))
+        return x.astype(np.float32), y.astype(np.float32)
+
+
+SOURCES: dict[str, type[PairSource]] = {
+    "sr": SRSource,
+    "throughplane": ThroughPlaneSource,
+    "denoise-mr": MRDenoiseSource,
+    "denoise-ct": CTDenoiseSource,
+}
+
+
+# ------------------------------------------------------------------------------------------ model, loss
+
+
+def build_model(cfg: ModelConfig) -> torch.nn.Module:
+    module = importlib.import_module(f"MedSREnhanceLib.models.{cfg.arch}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.kwargs.items()}
+    return getattr(module, cfg.builder)(**kwargs)
+
+
+def _gauss_kernel(sigma: float = 1.5, radius: int = 3) -> torch.Tensor:
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM over (N, 1, *S) with a separable Gaussian window (sigma 1.5), valid region only."""
+    k = _gauss_kernel().to(a)
+    nd = a.dim() - 2
+    conv = F.conv3d if nd == 3 else F.conv2d
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        for axis in range(nd):
+            shape = [1, 1] + [1] * nd
+            shape[2 + axis] = k.numel()
+            t = conv(t, k.view(shape))
+        return t
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.mean()
+
+
+def loss_fn(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float) -> torch.Tensor:
+    loss = F.l1_loss(pred, target)
+    if ssim_weight > 0:
+        loss = loss + ssim_weight * (1.0 - ssim(pred, target))
+    return loss
+
+
+def macs_per_output_voxel(model: torch.nn.Module, spatial_dims: int, size: int = 24) -> float:
+    """Multiply-accumulates of every convolution per output voxel, counted with forward hooks."""
+    total = [0]
+
+    def hook(mod: torch.nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        assert isinstance(mod, (torch.nn.Conv2d, torch.nn.Conv3d))
+        total[0] += out.numel() * (mod.in_channels // mod.groups) * int(np.prod(mod.kernel_size))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    x = torch.zeros((1, 1) + (size,) * spatial_dims)
+    with torch.inference_mode():
+        y = model(x)
+    for h in handles:
+        h.remove()
+    return total[0] / y[0, 0].numel()
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def _lr_at(step: int, cfg: TrainConfig, minutes: float = 0.0) -> float:
+    """Cosine decay over the steps, or over ``max_minutes`` when the machine is too slow to finish them
+    (so a run cut by the wall clock still ends annealed; on an unloaded machine the steps decide)."""
+    progress = min(1.0, max(step / max(1, cfg.steps), minutes / max(cfg.max_minutes, 1e-6)))
+    f = cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * f
+
+
+def _config_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _task_fields(cfg: Config) -> dict[str, Any]:
+    task = cfg.data.task
+    if task == "sr":
+        return {"task": "sr", "modality": "mr", "scale_mode": "isotropic", "scales": [cfg.degrade.scale]}
+    if task == "throughplane":
+        return {"task": "sr", "modality": "mr", "scale_mode": "axis", "scale_min": cfg.degrade.factor_range[0],
+                "scale_max": cfg.degrade.factor_range[1]}
+    if task == "denoise-mr":
+        return {"task": "denoise", "modality": "mr", "scale_mode": "none"}
+    return {"task": "denoise", "modality": "ct", "scale_mode": "none"}
+
+
+def run_training(config_path: str, resume: bool = False, quiet: bool = False) -> Path:
+    """Train the model a TOML config describes; returns the path of the written weights file."""
+    from tqdm import tqdm
+
+    cfg = load_config(config_path)
+    tc = cfg.train
+    torch.set_num_threads(tc.threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(tc.threads)
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    check_weights_ok(cfg.data.data_root, cfg.data.train_ids)
+    if set(cfg.data.train_ids) & set(cfg.data.val_ids):
+        raise ValueError("training and validation volumes overlap")
+
+    source = SOURCES[cfg.data.task](cfg, cfg.data.train_ids, rng)
+    val_batch = None
+    if cfg.data.val_ids:
+        val_source = SOURCES[cfg.data.task](cfg, cfg.data.val_ids, np.random.default_rng(tc.seed + 1))
+        val_batch = val_source.batch(max(4, tc.batch))
+
+    model = build_model(cfg.model)
+    if cfg.model.init_from:
+        state = torch.load(REPO_ROOT / cfg.model.init_from, map_location="cpu", weights_only=True)
+        if cfg.model.init_strict:
+            model.load_state_dict(state)
+        else:
+            own = model.state_dict()
+            kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            model.load_state_dict(kept, strict=False)
+            logger.info("initialised %d/%d tensors from %s", len(kept), len(own), cfg.model.init_from)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+
+    run_dir = Path(tc.run_dir) / cfg.model.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    step, elapsed_before = 0, 0.0
+    history: list[dict[str, float]] = []
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        step, elapsed_before, history = ckpt["step"], ckpt["elapsed"], ckpt["history"]
+        rng.bit_generator.state = ckpt["rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        source.rng = rng
+        source.refresh()
+        logger.info("resumed %s at step %d", cfg.model.name, step)
+
+    def save_checkpoint() -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "elapsed": elapsed_before + time.time() - t_start, "history": history,
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)
+        tmp.replace(ckpt_path)
+
+    def validate() -> float:
+        if val_batch is None:
+            return float("nan")
+        model.eval()
+        with torch.inference_mode():
+            pred = net(val_batch[0])
+        model.train()
+        mse = float(F.mse_loss(pred, val_batch[1]))
+        return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+    t_start = time.time()
+    last_ckpt = t_start
+    truncated = False
+    model.train()
+    # the through-plane module trains its 2D core on (D, L) slice patches
+    net = model.net2d if cfg.data.task == "throughplane" else model
+    bar = tqdm(total=tc.steps, initial=step, disable=quiet, desc=cfg.model.name, mininterval=5.0)
+    ema = None
+    patches = 0
+    while step < tc.steps:
+        if step > 0 and cfg.degrade.refresh_every > 0 and step % cfg.degrade.refresh_every == 0:
+            source.refresh()
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, tc, (elapsed_before + time.time() - t_start) / 60)
+        x, y = source.batch(tc.batch)
+        loss = loss_fn(net(x), y, tc.ssim_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        patches += tc.batch
+        value = float(loss.detach())
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
+        now = time.time()
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.4f}", patches_s=f"{patches / (now - t_start):.1f}")
+        if step % tc.val_every == 0 or step == tc.steps:
+            history.append({"step": step, "loss": ema, "val_psnr": validate(),
+                            "minutes": (elapsed_before + now - t_start) / 60})
+            logger.info("step %d loss %.4f val_psnr %.2f", step, ema, history[-1]["val_psnr"])
+        if now - last_ckpt > 60 * tc.checkpoint_minutes:
+            save_checkpoint()
+            last_ckpt = now
+        if elapsed_before + now - t_start > 60 * tc.max_minutes:
+            truncated = True
+            logger.warning("stopping %s at step %d: max_minutes reached", cfg.model.name, step)
+            break
+    bar.close()
+    save_checkpoint()
+    seconds = elapsed_before + time.time() - t_start
+
+    out_dir = Path(tc.out_dir) if tc.out_dir else WEIGHTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = out_dir / f"{cfg.model.name}.pt"
+    model.eval()
+    torch.save({k: v.detach().clone().float() for k, v in model.state_dict().items()}, weights_path)
+    spatial_dims = int(cfg.model.kwargs.get("spatial_dims", 3))
+    card = {
+        "name": cfg.model.name,
+        **_task_fields(cfg),
+        "arch": cfg.model.arch,
+        "builder": cfg.model.builder,
+        "kwargs": cfg.model.kwargs,
+        "normalisation": "ct" if cfg.data.task == "denoise-ct" else "mr",
+        "weights": weights_path.name,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "halo": int(getattr(model, "halo")),
+        "macs_per_output_voxel": round(macs_per_output_voxel(model, spatial_dims)),
+        "training": {
+            "volumes": cfg.data.train_ids,
+            "validation_volumes": cfg.data.val_ids,
+            "steps": step,
+            "truncated": truncated,
+            "cpu_minutes": round(seconds / 60, 1),
+            "threads": tc.threads,
+            "torch": torch.__version__,
+            "history": history,
+            "command": f"medsr train {config_path}",
+        },
+        "config": _config_dict(cfg),
+    }
+    card_path = out_dir / f"{cfg.model.name}.json"
+    if card_path.exists():  # keep measured metrics and notes from an earlier evaluation of the same name
+        old = json.loads(card_path.read_text())
+        for key in ("metrics", "notes", "data_provenance", "inference_seconds_256x256x160"):
+            if key in old:
+                card.setdefault(key, old[key])
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    logger.info("wrote %s and %s", weights_path, card_path)
+    return weights_path
+
+
+def main(config_path: str, resume: bool = False) -> Path:
+    return run_training(config_path, resume=resume)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Train a MedSREnhance model from a TOML config")
+    parser.add_argument("config")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_training(args.config, resume=args.resume, quiet=args.quiet)
