@@ -30,6 +30,9 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         if os.path.realpath(out) == os.path.realpath(args.input):
             _error(f"output {out} would overwrite the input")
             return EXIT_BAD_INPUT
+    if args.difference and os.path.realpath(args.difference) == os.path.realpath(args.output):
+        _error(f"--difference {args.difference} is the same file as the output")
+        return EXIT_BAD_INPUT
     volume = read_volume(args.input, series_uid=args.series_uid)
     validate(volume, f"input {args.input}")
     bar: Any = None

@@ -140,6 +140,11 @@ def _difference_is_input(f: Path):
     return [src, f / "out.nii.gz", "--scale", "2", "--difference", src], r"overwrite the input"
 
 
+def _difference_is_output(f: Path):
+    return [good_input(f), f / "out.nrrd", "--scale", "2", "--model", "linear", "--difference",
+            f / "." / "out.nrrd"], r"same file as the output"
+
+
 def _denoise_with_scale(f: Path):
     return [good_input(f), f / "out.nii.gz", "--task", "denoise", "--scale", "2"], r"keeps the grid"
 
@@ -171,7 +176,8 @@ BAD_CASES: dict[str, Callable[[Path], tuple[list, str]]] = {
     "output-folder-missing": _missing_folder, "difference-folder-missing": _missing_difference_folder,
     "output-folder-read-only": _read_only_folder, "output-unsupported-format": _unsupported_output,
     "output-is-input": _output_is_input, "output-is-input-other-spelling": _output_is_input_other_spelling,
-    "difference-is-input": _difference_is_input, "denoise-with-scale": _denoise_with_scale,
+    "difference-is-input": _difference_is_input, "difference-is-output": _difference_is_output,
+    "denoise-with-scale": _denoise_with_scale,
     "sr-without-scale": _sr_without_scale, "tile-too-small": _tiny_tile, "folder-without-dicom": _empty_dicom_folder,
     "unknown-series-uid": _unknown_series_uid,
 }
