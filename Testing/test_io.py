@@ -251,6 +251,8 @@ def test_validate_refuses_bad_geometry() -> None:
         validate(Volume(vol.array, (1.0, 0.0, 1.0)))
     with pytest.raises(InputError, match="orthonormal"):
         validate(Volume(vol.array, direction=np.diag([1.0, 1.0, 0.5])))
+    with pytest.raises(InputError, match="orthonormal"):  # a shear has det 1 but is no rotation
+        validate(Volume(vol.array, direction=np.array([[1.0, 0.4, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])))
     with pytest.raises(InputError, match="empty"):
         validate(Volume(np.zeros((0, 4, 4), np.float32)))
     with pytest.raises(InputError, match="dimensions"):
