@@ -86,12 +86,16 @@ def make_screenshot(path: Path) -> None:
         (enh[:, jc, :], f"Enhanced x4 through-plane ({result.model})", "gray", 0, 240),
         (diff[:, jc, :], "Difference (enhanced - input)", DIVERGING, -half, half),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.3), facecolor="black")
-    for ax, (img, title, cmap, vmin, vmax) in zip(axes, panels):
+    from MedSREnhanceLib.slicer_helpers import VIEW_COLORS, VIEW_LABELS
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.6), facecolor="black")
+    for ax, (img, title, cmap, vmin, vmax), label, color in zip(axes, panels, VIEW_LABELS, VIEW_COLORS):
         ax.imshow(img[::-1], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal")
-        ax.set_title(title, color="white", fontsize=11)
+        # a bar like Slicer's slice view controller: view label on the view colour, then the volume shown
+        ax.set_title(f" {label} | {title}", color="white", fontsize=10.5, loc="left",
+                     backgroundcolor=color, pad=6)
         ax.set_axis_off()
-    fig.suptitle("MedSREnhance in 3D Slicer: linked views input | enhanced | difference (coronal)",
+    fig.suptitle("MedSREnhance in 3D Slicer: input | enhanced | difference, linked slice views (coronal)",
                  color="white", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=100, facecolor="black")
