@@ -383,3 +383,20 @@ def test_auto_tile(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (2e9, 8e9))
     gpu = auto_tile((400, 400, 400), (2, 2, 2), 64, torch.device("cuda"), 8)
     assert 16 <= gpu and (gpu + 16) ** 3 * 4.0 * (3 * 64 + 4 * 8) <= 0.5 * 2e9
+
+
+@pytest.mark.slow
+def test_bench_tiling_script_smoke() -> None:
+    """benchmarks/bench_tiling.py runs end to end on a tiny volume and finds tiled == untiled."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tiling.py"
+    proc = subprocess.run([sys.executable, str(script), "--shape", "23,21,19", "--tiles", "8", "--threads", "1",
+                           "--width", "4", "--layers", "3"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(ln.startswith("untiled") for ln in lines) and any(ln.startswith("tile 8") for ln in lines)
+    diff = [ln for ln in lines if "max |tiled - untiled|" in ln]
+    assert diff and float(diff[0].rsplit("=", 1)[1]) < 1e-5
