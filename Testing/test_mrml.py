@@ -531,3 +531,62 @@ def test_docs_console_examples_run(scene, input_node, monkeypatch):
         assert job.outcome.enhanced_node.GetName() == "MRHead_SRx1x1x4"
     finally:
         sys.modules.pop("MedSREnhance", None)
+
+
+def test_show_results_assigns_and_links_views(scene, input_node, monkeypatch):
+    """MedSREnhanceLogic.showResults on real MRML layout, slice and composite nodes; only the Qt layout manager
+    (which owns the slice widgets) is stood in for."""
+    import importlib
+    import sys
+    import types
+
+    from MedSREnhanceLib import slicer_helpers as helpers
+
+    _qt_stubs(monkeypatch)
+    module = importlib.import_module("MedSREnhance")
+    try:
+        layout_logic = slicer.vtkMRMLLayoutLogic()
+        layout_logic.SetMRMLScene(scene)
+        layout_node = layout_logic.GetLayoutNode()
+        widgets: dict = {}
+
+        def slice_widget(name):
+            if name not in widgets:
+                slice_node = next((scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+                                   for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))
+                                   if scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").GetLayoutName() == name), None)
+                if slice_node is None:
+                    return None
+                composite = slicer.vtkMRMLSliceCompositeNode()
+                composite.SetLayoutName(name)
+                scene.AddNode(composite)
+                fitted: list = []
+                widgets[name] = types.SimpleNamespace(
+                    mrmlSliceCompositeNode=lambda c=composite: c, mrmlSliceNode=lambda s=slice_node: s,
+                    sliceLogic=lambda f=fitted: types.SimpleNamespace(FitSliceToAll=lambda: f.append(1)),
+                    fitted=fitted)
+            return widgets[name]
+
+        manager = types.SimpleNamespace(layoutLogic=lambda: layout_logic, sliceWidget=slice_widget,
+                                        setLayout=layout_node.SetViewArrangement)
+        monkeypatch.setattr(slicer, "app", types.SimpleNamespace(layoutManager=lambda: manager), raising=False)
+
+        enh, diff = mrml.enhance_volume_node(input_node, task="sr", model="linear", scale=2, device="cpu")
+        logic = module.MedSREnhanceLogic()
+        logic.showResults(input_node, enh, diff)
+        assert layout_node.GetViewArrangement() == helpers.LAYOUT_ID
+        for name, node in zip(helpers.VIEW_NAMES, (input_node, enh, diff)):
+            composite = widgets[name].mrmlSliceCompositeNode()
+            assert composite.GetBackgroundVolumeID() == node.GetID()
+            assert composite.GetForegroundVolumeID() is None
+            assert composite.GetLinkedControl() and composite.GetHotLinkedControl()
+            assert widgets[name].fitted
+
+        logic.showResults(input_node, enh, diff, differenceAsOverlay=True)
+        assert layout_node.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+        yellow = widgets["Yellow"].mrmlSliceCompositeNode()
+        assert (yellow.GetBackgroundVolumeID(), yellow.GetForegroundVolumeID()) == (enh.GetID(), diff.GetID())
+        assert yellow.GetForegroundOpacity() == pytest.approx(0.5)
+        assert widgets["Red"].mrmlSliceCompositeNode().GetBackgroundVolumeID() == input_node.GetID()
+    finally:
+        sys.modules.pop("MedSREnhance", None)
