@@ -87,15 +87,46 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> Volume:
     files = reader.GetGDCMSeriesFileNames(str(folder), chosen)
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # non-uniform sampling is checked below, not printed by ITK
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"cannot read DICOM series {chosen} in {folder}: {_first_line(exc)}") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     _check_image(image, f"DICOM series {chosen}")
+    _check_slice_positions(reader, len(files), image, chosen)
     meta: dict = {"source": str(folder), "series_uid": chosen, "series_count": len(uids)}
     if reader.HasMetaDataKey(0, "0008|0060"):
         meta["modality"] = reader.GetMetaData(0, "0008|0060").strip().upper()
     return from_sitk(sitk.Cast(image, sitk.sitkFloat32), meta)
+
+
+def _check_slice_positions(reader: sitk.ImageSeriesReader, nfiles: int, image: sitk.Image, uid: str) -> None:
+    """ITK stacks every file of a series: a 4D series (several volumes at the same slice positions) or one with
+    missing slices would become a 3D volume with a wrong slice spacing. Refuse both."""
+    positions = []
+    for i in range(nfiles):
+        if not reader.HasMetaDataKey(i, "0020|0032"):
+            return  # no ImagePositionPatient: nothing to check against
+        try:
+            positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
+        except ValueError:
+            return
+    if nfiles < 2 or any(len(p) != 3 for p in positions):
+        return
+    normal = np.asarray(image.GetDirection(), np.float64).reshape(3, 3)[:, 2]
+    along = np.sort(np.asarray(positions) @ normal)
+    gaps = np.diff(along)
+    distinct = 1 + int(np.count_nonzero(gaps > 1e-3))
+    if distinct < nfiles:
+        raise InputError(f"DICOM series {uid} is 4D or repeats slices ({nfiles} images at {distinct} slice "
+                         "positions); a single 3D volume is needed")
+    median = float(np.median(gaps))
+    if np.abs(gaps - median).max() > 0.05 * median + 1e-3:
+        raise InputError(f"DICOM series {uid} has uneven slice spacing ({gaps.min():.4g} to {gaps.max():.4g} mm): "
+                         "missing slices?")
 
 
 def _nifti_layout(header: bytes) -> Optional[tuple[int, int, str]]:

@@ -186,7 +186,7 @@ def write_dicom_series(
             sl.SetMetaData(tag, value)
         sl.SetMetaData("0020|0032", "\\".join(f"{v:.10f}" for v in position))
         sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
+        sl.SetMetaData("0008|0018", f"{series_uid}.{abs(hash(prefix)) % 10**6}.{k + 1}")
         writer.SetFileName(str(folder / f"{prefix}_{k:04d}.dcm"))
         writer.Execute(sl)
     return series_uid

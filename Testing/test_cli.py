@@ -168,9 +168,16 @@ def _unknown_series_uid(f: Path):
     return [f / "dicom", f / "out.nii.gz", "--scale", "2", "--series-uid", "9.9.9"], r"not in"
 
 
+def _dicom_4d(f: Path):
+    vol = make_volume(shape_zyx=(4, 6, 7), kind="int")
+    uid = write_dicom_series(vol, f / "dicom4d", prefix="t0")
+    write_dicom_series(vol.with_array(vol.array + 5), f / "dicom4d", prefix="t1", series_uid=uid)
+    return [f / "dicom4d", f / "out.nii.gz", "--scale", "2"], r"4D"
+
+
 BAD_CASES: dict[str, Callable[[Path], tuple[list, str]]] = {
     "missing-file": _missing, "truncated-nii-gz": _truncated, "garbage-nrrd-header": _garbage_nrrd,
-    "2d-image": _two_d, "4d-series": _four_d, "nan-voxels": _nan, "inf-voxels": _inf, "empty-volume": _empty,
+    "2d-image": _two_d, "4d-series": _four_d, "4d-dicom-series": _dicom_4d, "nan-voxels": _nan, "inf-voxels": _inf, "empty-volume": _empty,
     "scale-zero": _scale_zero, "scale-negative": _scale_negative, "scale-garbage": _scale_garbage,
     "unknown-model": _unknown_model, "model-wrong-task": _wrong_task_model,
     "output-folder-missing": _missing_folder, "difference-folder-missing": _missing_difference_folder,

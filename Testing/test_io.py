@@ -152,6 +152,24 @@ def test_dicom_folder_with_two_series_picks_largest_and_uid_selects(tmp_path: Pa
         read_volume(folder, series_uid="1.2.3.4")
 
 
+def test_dicom_4d_series_refused(tmp_path: Path) -> None:
+    """Two time points in one series (same positions): ITK would stack them into a 3D volume with a wrong
+    slice spacing; the reader must refuse instead."""
+    vol = make_volume(shape_zyx=(6, 8, 9), kind="int")
+    uid = write_dicom_series(vol, tmp_path / "d4", prefix="t0")
+    write_dicom_series(vol.with_array(vol.array + 1), tmp_path / "d4", prefix="t1", series_uid=uid)
+    with pytest.raises(InputError, match="4D"):
+        read_volume(tmp_path / "d4")
+
+
+def test_dicom_missing_slice_refused(tmp_path: Path) -> None:
+    vol = make_volume(shape_zyx=(7, 8, 9), kind="int", direction=OBLIQUE)
+    write_dicom_series(vol, tmp_path / "gap")
+    (tmp_path / "gap" / "slice_0003.dcm").unlink()
+    with pytest.raises(InputError, match="uneven slice spacing"):
+        read_volume(tmp_path / "gap")
+
+
 def test_folder_without_dicom(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("nothing here")
     with pytest.raises(InputError, match="no DICOM series"):
