@@ -94,7 +94,10 @@ def resized_geometry(volume: Volume, scale: Scale) -> tuple[tuple[int, int, int]
 
     Spacing is divided by the scale, the direction is unchanged and the physical extent is kept: the centre of
     voxel 0 moves by (new_spacing - old_spacing) / 2 along each axis, so the outer voxel edges stay put.
-    The new size is round(n * s) (at least 1); when n * s is an integer the extent is kept exactly.
+    The new size is round(n * s), halves rounded up, at least 1; when n * s is an integer the extent is kept
+    exactly. Otherwise the near outer edge (continuous index -0.5) is kept and the far one moves outward or inward
+    by (round(n * s) - n * s) new voxels, i.e. by at most half a new voxel (e.g. 33 x 1.5 = 49.5 -> 50 voxels,
+    the far edge 0.5 new voxel further out). Testing/test_geometry.py checks this in physical space.
     Returns (size (i, j, k), spacing, origin).
     """
     old_sp = np.asarray(volume.spacing)
