@@ -129,6 +129,62 @@ def _check_slice_positions(reader: sitk.ImageSeriesReader, nfiles: int, image: s
                          "missing slices?")
 
 
+_MET_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
+              "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8}
+
+
+def _check_metaimage(p: Path) -> None:
+    """Refuse a truncated MetaImage (.mha/.mhd and its data file) before ITK reads it: MetaIO prints its own
+    lines on stderr and ITK then reports a misleading "No such file or directory"."""
+    if not p.name.lower().endswith((".mha", ".mhd")):
+        return
+    fields: dict[str, str] = {}
+    expected: Optional[int] = None
+    missing, actual = False, 0
+    try:
+        with open(p, "rb") as fh:
+            header_len = 0
+            for _ in range(200):  # a MetaImage header is a few dozen "Key = Value" lines ending at ElementDataFile
+                line = fh.readline(4096)
+                if not line:
+                    return
+                header_len += len(line)
+                key, sep, value = line.decode("latin-1").partition("=")
+                if not sep:
+                    return
+                fields[key.strip()] = value.strip()
+                if key.strip() == "ElementDataFile":
+                    break
+            else:
+                return
+        data_name = fields.get("ElementDataFile", "")
+        if data_name == "LOCAL":
+            data, offset = p, header_len
+        elif data_name and " " not in data_name and "%" not in data_name and data_name != "LIST":
+            data, offset = p.parent / data_name, 0
+        else:
+            return
+        if int(fields.get("HeaderSize", "0") or 0) != 0:
+            return  # explicit or "at the end" header sizes: leave to ITK
+        if not data.is_file():
+            missing = True
+        else:
+            actual = data.stat().st_size - offset
+            if fields.get("CompressedData", "False").lower() == "true":
+                expected = int(fields["CompressedDataSize"]) if "CompressedDataSize" in fields else None
+            elif fields.get("ElementType", "") in _MET_BYTES and fields.get("DimSize"):
+                dims = [int(v) for v in fields["DimSize"].split()]
+                channels = int(fields.get("ElementNumberOfChannels", "1"))
+                expected = _MET_BYTES[fields["ElementType"]] * channels * int(np.prod(dims, dtype=np.int64))
+    except (OSError, ValueError):
+        return  # unparseable: ITK's own error message follows
+    # Raised out here: InputError is a ValueError, which the except above would swallow.
+    if missing:
+        raise InputError(f"cannot read {p}: its data file {data_name} is missing")
+    if expected is not None and actual < expected:
+        raise InputError(f"cannot read {p}: truncated file ({actual} of {expected} data bytes)")
+
+
 def _nifti_layout(header: bytes) -> Optional[tuple[int, int, str]]:
     """(vox_offset, voxel data bytes, numpy float dtype or "") from a NIfTI-1/-2 header; None if not NIfTI."""
     for endian in "<>":
@@ -212,6 +268,7 @@ def read_volume(path: str | os.PathLike, series_uid: Optional[str] = None) -> Vo
     if p.is_dir():
         return _read_dicom_series(p, series_uid)
     _check_nifti(p)
+    _check_metaimage(p)
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:

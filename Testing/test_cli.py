@@ -48,6 +48,20 @@ def _truncated(f: Path):
     return [f / "cut.nii.gz", f / "out.nii.gz"], r"truncated|cannot read"
 
 
+def _truncated_mha(f: Path):
+    full = f / "v.mha"
+    sitk.WriteImage(to_sitk_image(make_volume(shape_zyx=(7, 8, 9))), str(full), True)
+    full.write_bytes(full.read_bytes()[:-300])
+    return [full, f / "out.nrrd", "--scale", "2"], r"truncated"
+
+
+def _nhdr_without_data(f: Path):
+    sitk.WriteImage(to_sitk_image(make_volume(shape_zyx=(7, 8, 9))), str(f / "v.nhdr"), True)
+    for data in f.glob("v.raw*"):
+        data.unlink()
+    return [f / "v.nhdr", f / "out.nrrd", "--scale", "2"], r"cannot read"
+
+
 def _garbage_nrrd(f: Path):
     (f / "bad.nrrd").write_bytes(b"NRRD0004\nthis is: garbage\nsizes: x y\n\n\x00\x01\x02")
     return [f / "bad.nrrd", f / "out.nrrd"], r"cannot read"
@@ -176,7 +190,8 @@ def _dicom_4d(f: Path):
 
 
 BAD_CASES: dict[str, Callable[[Path], tuple[list, str]]] = {
-    "missing-file": _missing, "truncated-nii-gz": _truncated, "garbage-nrrd-header": _garbage_nrrd,
+    "missing-file": _missing, "truncated-nii-gz": _truncated, "truncated-mha": _truncated_mha,
+    "nhdr-without-data-file": _nhdr_without_data, "garbage-nrrd-header": _garbage_nrrd,
     "2d-image": _two_d, "4d-series": _four_d, "4d-dicom-series": _dicom_4d, "nan-voxels": _nan, "inf-voxels": _inf, "empty-volume": _empty,
     "scale-zero": _scale_zero, "scale-negative": _scale_negative, "scale-garbage": _scale_garbage,
     "unknown-model": _unknown_model, "model-wrong-task": _wrong_task_model,

@@ -202,6 +202,22 @@ def test_truncated_nifti_refused(tmp_path: Path, ext: str, fraction: float) -> N
     read_volume(full)  # the complete file still reads
 
 
+@pytest.mark.parametrize("ext", FORMATS)
+@pytest.mark.parametrize("compress", [True, False])
+def test_truncated_or_missing_data_refused_in_every_format(tmp_path: Path, ext: str, compress: bool) -> None:
+    full = tmp_path / f"v{ext}"
+    sitk.WriteImage(to_sitk_image(geometry_volume("oblique")), str(full), compress)
+    data_files = [f for f in tmp_path.iterdir() if f != full]
+    target = data_files[0] if data_files else full  # header-plus-data formats: cut the data file
+    target.write_bytes(target.read_bytes()[: int(target.stat().st_size * 0.7)])
+    with pytest.raises(InputError, match="truncated|cannot read"):
+        read_volume(full)
+    if data_files:
+        target.unlink()
+        with pytest.raises(InputError, match="cannot read"):
+            read_volume(full)
+
+
 def test_nifti_check_handles_big_endian_and_extra_bytes(tmp_path: Path) -> None:
     nib = pytest.importorskip("nibabel")
     arr = np.arange(6 * 7 * 8, dtype=np.float32).reshape(8, 7, 6)
