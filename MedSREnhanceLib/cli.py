@@ -21,7 +21,7 @@ def _error(message: str) -> None:
 
 def cmd_enhance(args: argparse.Namespace) -> int:
     from .enhance import enhance
-    from .io import check_writable, read_volume, write_volume
+    from .io import check_writable, read_volume, write_volumes
     from .volume import validate
 
     outputs = [args.output] + ([args.difference] if args.difference else [])
@@ -55,15 +55,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    written = []
-    try:
-        written.append(write_volume(result.enhanced, args.output))
-        if args.difference:
-            written.append(write_volume(result.difference, args.difference))
-    except BaseException:
-        for path in written:  # all or nothing: no enhanced volume without its requested difference map
-            path.unlink(missing_ok=True)
-        raise
+    outputs = [(result.enhanced, args.output)]
+    if args.difference:
+        outputs.append((result.difference, args.difference))
+    write_volumes(outputs)  # all or nothing: no enhanced volume without its requested difference map
     if not args.quiet:
         for message in result.messages:
             sys.stderr.write(f"medsr: {message}\n")
@@ -158,12 +153,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (like every other refusal), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        _error(f"{message} (see `{self.prog} --help`)")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
 def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     """``with_bench=False`` skips importing the harness (numpy, scipy, scikit-image) for other commands."""
-    parser = argparse.ArgumentParser(prog="medsr", description="Deep-learning super-resolution and denoising "
+    parser = _Parser(prog="medsr", description="Deep-learning super-resolution and denoising "
                                      "of CT and MR volumes.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("enhance", help="enhance a volume file or DICOM series folder")
     p.add_argument("input", help=".nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file or a DICOM series folder")

@@ -207,6 +207,9 @@ def enhance(
         if not serves(spec, task, factors):
             raise InputError(f"model {spec.name!r} does not serve {TASKS[task]} at scale "
                              f"{','.join(f'{s:g}' for s in factors)}")
+    if spec.kind == "classical" and (device not in ("auto", "cpu") or tile is not None):
+        messages.append(f"{spec.name} is a classical method: it runs on the CPU in one piece, so the device and "
+                        "tile options do not apply")
     total_voxels = math.prod(resized_geometry(volume, factors)[0])
     logger.info("enhance: %s with %s, scale %s, %d output voxels", task, spec.name, factors, total_voxels)
     ctx: dict[str, Any] = {"device": device, "tile": tile, "precision": precision, "progress": progress,

@@ -12,7 +12,7 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -302,30 +302,40 @@ def check_writable(path: str | os.PathLike) -> Path:
     return p
 
 
-def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write atomically: into a temporary folder beside the target, then renamed into place.
+def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]], compress: bool = True) -> list[Path]:
+    """Write several volumes all or nothing: every one is first written completely into a temporary folder
+    beside its target, and only when all succeeded are they renamed into place (so a failure leaves no new file
+    and never replaces an existing one).
 
     Header-plus-data formats (.nhdr, .mhd) are written under their final names in the temporary folder, so the
     header's reference to its data file stays valid; the data file is moved first and the header last.
     """
-    p = check_writable(path)
+    targets = [check_writable(path) for _, path in items]
+    staged: list[tuple[Path, Path]] = []  # (temporary folder, target)
     try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
-    except OSError as exc:
-        raise InputError(f"cannot write {p}: {exc.strerror}") from None
-    try:
-        target = tmpdir / p.name
-        try:
-            sitk.WriteImage(to_sitk(volume), str(target), compress)
-        except RuntimeError as exc:
-            raise InputError(f"cannot write {p}: {_first_line(exc)}") from None
-        written = sorted(tmpdir.iterdir(), key=lambda f: f.name == p.name)  # header (the target name) last
-        try:
-            for f in written:
-                os.replace(f, p.parent / f.name)
-        except OSError as exc:
-            raise InputError(f"cannot write {p}: {exc.strerror}") from None
+        for (volume, _), p in zip(items, targets):
+            try:
+                tmpdir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
+            except OSError as exc:
+                raise InputError(f"cannot write {p}: {exc.strerror}") from None
+            staged.append((tmpdir, p))
+            try:
+                sitk.WriteImage(to_sitk(volume), str(tmpdir / p.name), compress)
+            except RuntimeError as exc:
+                raise InputError(f"cannot write {p}: {_first_line(exc)}") from None
+        for tmpdir, p in staged:
+            written = sorted(tmpdir.iterdir(), key=lambda f: f.name == p.name)  # header (the target name) last
+            try:
+                for f in written:
+                    os.replace(f, p.parent / f.name)
+            except OSError as exc:
+                raise InputError(f"cannot write {p}: {exc.strerror}") from None
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return p
+        for tmpdir, _ in staged:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    return targets
 
+
+def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write one volume atomically (see ``write_volumes``)."""
+    return write_volumes([(volume, path)], compress)[0]

@@ -321,20 +321,19 @@ def test_denoise_and_dicom_input(tmp_path: Path) -> None:
 
 
 def test_difference_write_failure_leaves_no_enhanced_file(tmp_path: Path, monkeypatch, capsys) -> None:
-    """All or nothing: when the difference map cannot be written, the enhanced volume is removed again."""
+    """All or nothing: when the difference map cannot be written, no enhanced volume appears either."""
     from MedSREnhanceLib import io as mio
-    from MedSREnhanceLib.errors import InputError
 
-    real = mio.write_volume
+    real = mio.sitk.WriteImage
     calls = []
 
-    def flaky(volume, path, *a, **k):
+    def flaky(image, path, *a, **k):
         calls.append(path)
         if len(calls) == 2:
-            raise InputError(f"cannot write {path}: disk full")
-        return real(volume, path, *a, **k)
+            raise RuntimeError("disk full")
+        return real(image, path, *a, **k)
 
-    monkeypatch.setattr(mio, "write_volume", flaky)
+    monkeypatch.setattr(mio.sitk, "WriteImage", flaky)
     src = good_input(tmp_path)
     code = cli.main(["enhance", str(src), str(tmp_path / "o.nrrd"), "--scale", "2", "--model", "linear",
                      "--difference", str(tmp_path / "d.nrrd"), "--quiet"])

@@ -293,3 +293,31 @@ def test_validate_refuses_bad_geometry() -> None:
         validate(Volume(np.zeros((4, 4), np.float32)))
     validate(make_volume(direction=LEFT_HANDED))
     validate(make_volume(direction=OBLIQUE))
+
+
+def test_write_volumes_is_all_or_nothing(tmp_path, monkeypatch):
+    """A failure on the second volume leaves no new file and does not touch an existing first target."""
+    import SimpleITK as sitk
+
+    from MedSREnhanceLib import io as mio
+    from MedSREnhanceLib.errors import InputError
+    from MedSREnhanceLib.volume import Volume
+
+    first = tmp_path / "enhanced.nii.gz"
+    first.write_bytes(b"previous result")
+    vol = Volume(np.ones((3, 4, 5), np.float32))
+    real_write = sitk.WriteImage
+    calls = []
+
+    def failing_second(image, path, *args):
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real_write(image, path, *args)
+
+    monkeypatch.setattr(mio.sitk, "WriteImage", failing_second)
+    with pytest.raises(InputError, match="difference.nii.gz"):
+        mio.write_volumes([(vol, first), (vol, tmp_path / "difference.nii.gz")])
+    assert len(calls) == 2
+    assert first.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enhanced.nii.gz"]
