@@ -55,12 +55,12 @@ TUNING_GRIDS: dict[str, list[dict[str, Any]]] = {
     # Diffusion time = iterations x time_step; one half step covers "less than one iteration".
     "anisotropic-diffusion": [{"iterations": i, "conductance": c, "time_step": t}
                               for i, t in ((1, 0.03125), (1, 0.0625), (2, 0.0625), (3, 0.0625), (5, 0.0625),
-                                           (8, 0.0625), (13, 0.0625))
-                              for c in (0.25, 0.5, 1.0, 2.0, 4.0)],
+                                           (8, 0.0625), (13, 0.0625), (21, 0.0625))
+                              for c in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)],
     # h is relative to the estimated noise sigma, which skimage also subtracts (2 sigma^2) from patch distances,
     # so good values sit well below 1. A small search window is often better on fine anatomy (and 5x faster).
     "nlmeans": [{"h_factor": h, "patch_size": 3, "patch_distance": d}
-                for d in (2, 4) for h in (0.25, 0.35, 0.45, 0.6, 0.8, 1.0)],
+                for d in (2, 4) for h in (0.25, 0.35, 0.45, 0.6, 0.8, 1.0, 1.3, 1.7)],
 }
 # Expensive methods are tuned on a central block of the foreground, then run once on the whole (cropped) volume.
 TUNE_ON_BLOCK = ("nlmeans", "anisotropic-diffusion")
