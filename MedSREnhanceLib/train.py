@@ -452,6 +452,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 
     def blur(t: torch.Tensor) -> torch.Tensor:
         for axis in range(nd):
+            if t.shape[2 + axis] < k.numel():
+                continue  # too thin for the window (e.g. few CT slices): no smoothing along that axis
             shape = [1, 1] + [1] * nd
             shape[2 + axis] = k.numel()
             t = conv(t, k.view(shape))

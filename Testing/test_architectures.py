@@ -1,0 +1,90 @@
+"""Architectures: output shapes, the halo covers the receptive field, residual starts, 3D pixel shuffle."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from MedSREnhanceLib.models.denoiser import Denoiser
+from MedSREnhanceLib.models.srnet import SRNet, pixel_shuffle_nd
+from MedSREnhanceLib.models.throughplane import ThroughPlaneNet
+
+torch.set_num_threads(1)
+
+
+def _randomise(net: torch.nn.Module) -> torch.nn.Module:
+    """Non-zero weights everywhere (the last layers start at zero, which would hide the receptive field)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.2)
+    return net.eval()
+
+
+def _receptive_radius_ok(net: torch.nn.Module, shape: tuple[int, ...], scale: int) -> None:
+    """Perturbing an input voxel farther than ``halo`` from a centre voxel never changes that output."""
+    x = torch.rand((1, 1) + shape)
+    centre = tuple(n // 2 for n in shape)
+    out_centre = tuple(c * scale for c in centre)
+    with torch.no_grad():
+        base = net(x)[(0, 0) + out_centre]
+        for axis in range(len(shape)):
+            for dist, should_change in ((net.halo + 1, False), (net.halo - 1, True)):
+                if centre[axis] + dist >= shape[axis]:
+                    continue
+                y = x.clone()
+                idx = list(centre)
+                idx[axis] += dist
+                y[(0, 0) + tuple(idx)] += 5.0
+                changed = not torch.allclose(net(y)[(0, 0) + out_centre], base, atol=1e-6)
+                assert changed == should_change, (axis, dist, net.halo)
+
+
+def test_pixel_shuffle_3d_matches_nearest_upsample_of_constant_subpixels() -> None:
+    x = torch.arange(8.0).view(1, 8, 1, 1, 1).repeat(1, 1, 2, 3, 2)  # (N, s^3, d, h, w)
+    y = pixel_shuffle_nd(x, 2, 3)  # (N, 1, 2d, 2h, 2w)
+    assert y.shape == (1, 1, 4, 6, 4)
+    # sub-voxel (a, b, c) of every block holds channel 4a + 2b + c (torch PixelShuffle order in 2D)
+    assert y[0, 0, 1, 0, 1] == 5 and y[0, 0, 2, 3, 0] == 2
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_srnet_shapes_and_interpolation_start(scale: int) -> None:
+    net = SRNet(scale=scale, channels=4, blocks=1, spatial_dims=3).eval()
+    x = torch.rand(2, 1, 5, 6, 7)
+    y = net(x)
+    assert y.shape == (2, 1, 5 * scale, 6 * scale, 7 * scale)
+    assert net.scale_factors == (scale,) * 3
+    # untrained = trilinear interpolation (align_corners=False: the extent-preserving grid)
+    assert torch.allclose(y, F.interpolate(x, scale_factor=scale, mode="trilinear", align_corners=False))
+    y2 = SRNet(scale=scale, channels=4, blocks=1, spatial_dims=2)(torch.rand(1, 1, 9, 11))
+    assert y2.shape == (1, 1, 9 * scale, 11 * scale)
+
+
+def test_srnet_halo_2d_and_3d() -> None:
+    _receptive_radius_ok(_randomise(SRNet(scale=2, channels=4, blocks=2, spatial_dims=2)), (31, 29), 2)
+    _receptive_radius_ok(_randomise(SRNet(scale=2, channels=2, blocks=1, spatial_dims=3)), (13, 13, 13), 2)
+
+
+def test_denoiser_shapes_identity_start_and_halo() -> None:
+    net = Denoiser(channels=4, dilations=(1, 2, 1), spatial_dims=3).eval()
+    x = torch.rand(1, 1, 9, 10, 11)
+    assert torch.equal(net(x), x)
+    assert net.halo == 4 and net.scale_factors == (1, 1, 1)
+    _receptive_radius_ok(_randomise(Denoiser(channels=4, dilations=(1, 2, 3, 2, 1), spatial_dims=2)), (33, 35), 1)
+    _receptive_radius_ok(_randomise(Denoiser(channels=2, dilations=(1, 2, 1), spatial_dims=3)), (15, 13, 11), 1)
+    assert Denoiser(channels=4, dilations=(1,), spatial_dims=2, clamp_min=0.0)(-torch.ones(1, 1, 5, 5)).min() == 0
+
+
+def test_throughplane_fuses_two_orientations() -> None:
+    net = _randomise(ThroughPlaneNet(channels=4, dilations=(1, 2, 1), spatial_dims=3, slice_batch=5))
+    x = torch.rand(1, 1, 9, 7, 6)  # (N, 1, D, H, W), D = slice axis
+    y = net(x)
+    assert y.shape == x.shape
+    with torch.no_grad():
+        dh = torch.stack([net.net2d(x[..., w]) for w in range(6)], -1)  # (D, H) slices
+        dw = torch.stack([net.net2d(x[..., h, :]) for h in range(7)], -2)  # (D, W) slices
+    assert torch.allclose(y, 0.5 * (dh + dw), atol=1e-5)
+    _receptive_radius_ok(net, (17, 15, 13), 1)
+    net2 = ThroughPlaneNet(channels=4, dilations=(1, 2, 1), spatial_dims=2)
+    assert net2(torch.rand(3, 1, 11, 8)).shape == (3, 1, 11, 8)

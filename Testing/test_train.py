@@ -1,0 +1,146 @@
+"""Training pipeline: a 2-step run per task on synthetic volumes from a tiny TOML config, resume, config errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MedSREnhanceLib import train
+from MedSREnhanceLib.models.registry import sha256_of
+
+torch.set_num_threads(1)
+
+
+def _phantom(shape: tuple[int, int, int], seed: int, ct: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    head = (x**2 + y**2 + z**2) < 0.8
+    arr = np.where(head, 100.0 + 40.0 * np.sin(7 * x) * np.cos(5 * y) + rng.normal(0, 2, shape), 0.0)
+    if ct:
+        arr = np.where(head, arr - 60.0, -1000.0)
+    return arr.astype(np.float32)
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    (root / "mr").mkdir(parents=True)
+    entries = []
+    for i, (vid, shape, spacing, ct) in enumerate([
+        ("mr_a", (21, 26, 25), (1.0, 1.0, 1.0), False),
+        ("mr_b", (19, 24, 23), (1.0, 1.0, 1.0), False),
+        ("mr_aniso", (9, 30, 29), (0.5, 0.5, 2.0), False),
+        ("ct_a", (5, 27, 25), (1.0, 1.0, 3.0), True),
+        ("forbidden", (11, 12, 13), (1.0, 1.0, 1.0), False),
+    ]):
+        image = sitk.GetImageFromArray(_phantom(shape, i, ct))
+        image.SetSpacing(spacing)
+        sitk.WriteImage(image, str(root / "mr" / f"{vid}.nii.gz"))
+        entries.append({"id": vid, "file": f"mr/{vid}.nii.gz", "weights_ok": "no" if vid == "forbidden" else "yes"})
+    (root / "MANIFEST.json").write_text(json.dumps(entries))
+    return root
+
+
+def _write_config(tmp_path: Path, data_root: Path, task: str, model: str, extra_data: str = "",
+                  extra_degrade: str = "", steps: int = 2) -> Path:
+    cfg = tmp_path / f"{task}.toml"
+    cfg.write_text(f"""
+[model]
+name = "tiny-{task}"
+{model}
+
+[data]
+task = "{task}"
+data_root = "{data_root}"
+train_ids = {extra_data or '["mr_a", "mr_aniso"]'}
+val_ids = ["mr_b"]
+patch = 12
+cache_dir = "{tmp_path / 'cache'}"
+
+[degrade]
+refresh_every = 1
+{extra_degrade}
+
+[train]
+steps = {steps}
+batch = 2
+val_every = 1
+checkpoint_minutes = 0.0
+run_dir = "{tmp_path / 'runs'}"
+out_dir = "{tmp_path / 'weights'}"
+""")
+    return cfg
+
+
+SR_MODEL = 'arch = "srnet"\nbuilder = "SRNet"\nkwargs = { scale = 2, channels = 4, blocks = 1, spatial_dims = 3 }'
+TP_MODEL = ('arch = "throughplane"\nbuilder = "ThroughPlaneNet"\n'
+            'kwargs = { channels = 4, dilations = [1, 2, 1], spatial_dims = 3 }')
+DN_MODEL = 'arch = "denoiser"\nbuilder = "Denoiser"\nkwargs = { channels = 4, dilations = [1, 2, 1], spatial_dims = 3 }'
+
+
+@pytest.mark.parametrize("task,model,ids,degrade", [
+    pytest.param("sr", SR_MODEL, '["mr_a"]', "scale = 2\nnoise_prob = 0.5\nnoise_range = [0.0, 0.02]",
+                 marks=pytest.mark.slow),  # ~50 s on a loaded 2-core machine
+    ("throughplane", TP_MODEL, '["mr_a", "mr_aniso"]', "factor_range = [2.0, 4.0]"),
+    ("denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]"),
+])
+def test_two_step_training_writes_weights_and_card(tmp_path: Path, data_root: Path, task: str, model: str,
+                                                   ids: str, degrade: str) -> None:
+    cfg = _write_config(tmp_path, data_root, task, model, ids, degrade)
+    weights = train.run_training(str(cfg), quiet=True)
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["training"]["steps"] == 2 and card["training"]["volumes"] == json.loads(ids)
+    assert card["config"]["data"]["task"] == task  # the resolved config travels with the weights
+    assert card["macs_per_output_voxel"] > 0 and card["halo"] > 0
+    state = torch.load(weights, weights_only=True)
+    net = train.build_model(train.load_config(cfg).model)
+    net.load_state_dict(state)
+    assert len(sha256_of(weights)) == 64
+
+
+@pytest.mark.slow  # projection-domain simulation of the pairs
+def test_ct_denoise_two_steps(tmp_path: Path, data_root: Path) -> None:
+    cfg = _write_config(tmp_path, data_root, "denoise-ct", DN_MODEL, '["ct_a"]',
+                        "photons_sim = [1e4]\nn_angles = 24")
+    text = cfg.read_text().replace('val_ids = ["mr_b"]', "val_ids = []")
+    cfg.write_text(text)
+    weights = train.run_training(str(cfg), quiet=True)
+    assert json.loads(weights.with_suffix(".json").read_text())["normalisation"] == "ct"
+    assert list((tmp_path / "cache" / "ct_pairs").glob("ct_a_*.npz"))  # pairs cached outside the repo
+
+
+def test_same_seed_same_weights_and_resume(tmp_path: Path, data_root: Path) -> None:
+    cfg = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]")
+    a = torch.load(train.run_training(str(cfg), quiet=True), weights_only=True)
+    b = torch.load(train.run_training(str(cfg), quiet=True), weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    longer = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]",
+                           steps=3)
+    train.run_training(str(longer), resume=True, quiet=True)  # continues from the step-2 checkpoint
+    card = json.loads((tmp_path / "weights" / "tiny-denoise-mr.json").read_text())
+    assert card["training"]["steps"] == 3
+
+
+def test_config_errors(tmp_path: Path, data_root: Path) -> None:
+    cfg = _write_config(tmp_path, data_root, "sr", SR_MODEL, '["mr_a"]', "scael = 2")
+    with pytest.raises(ValueError, match="scael"):
+        train.load_config(cfg)
+    cfg = _write_config(tmp_path, data_root, "sr", SR_MODEL, '["forbidden"]')
+    with pytest.raises(ValueError, match="may not be used"):
+        train.run_training(str(cfg), quiet=True)
+
+
+def test_ssim_and_structure_sampling() -> None:
+    a = torch.rand(1, 1, 16, 16, 16)
+    assert abs(float(train.ssim(a, a)) - 1.0) < 1e-5
+    assert float(train.ssim(a, torch.rand_like(a))) < 0.5
+    arr = np.zeros((20, 20, 20), np.float32)
+    arr[:, :, 15:] = 1.0  # an edge at x = 15
+    w = train.structure_weights(arr, 2)
+    rng = np.random.default_rng(0)
+    corners = [train.sample_corner(w, 2, arr.shape, (6, 6, 6), rng)[2] for _ in range(200)]
+    assert np.mean([9 <= c <= 14 for c in corners]) > 0.5  # patches gather around the edge
