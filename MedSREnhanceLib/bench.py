@@ -361,23 +361,27 @@ def _at_edge(grid: Sequence[dict[str, Any]], params: dict[str, Any]) -> bool:
 
 
 def learned_models_for(case: Case, requested: Sequence[str] | str) -> list[str]:
-    """Learned models to run on a case: all that serve it ("auto"), none, or the requested ones that serve it."""
-    from .enhance import serves
+    """Learned models to run on a case.
+
+    "auto": the one ``enhance(model="auto")`` picks for the case (what a user gets), if it is learned; "all": every
+    learned model that serves the case; "none"; or the requested names, those that serve the case.
+    """
+    from .enhance import select_model, serves
 
     scale = case.scale if case.task == "sr" else (1.0, 1.0, 1.0)
     if requested == "none":
         return []
     if requested == "auto":
-        specs = list(registry.LEARNED)
-    else:
-        specs = [registry.get(n) for n in requested]
+        spec = select_model(case.task, case.modality, scale)
+        return [spec.name] if spec.kind == "learned" else []
+    specs = list(registry.LEARNED) if requested == "all" else [registry.get(n) for n in requested]
     return [s.name for s in specs if s.kind == "learned" and case.modality in s.modalities and serves(s, case.task, scale)]
 
 
 @dataclass
 class BenchSettings:
     cases: tuple[str, ...] = DEFAULT_CASES
-    models: Sequence[str] | str = "auto"  # "auto" | "none" | names of learned models
+    models: Sequence[str] | str = "auto"  # "auto" | "all" | "none" | names of learned models
     crop: Optional[int] = 128  # edge of the central block of each ground truth; None = whole volume
     tune_block: int = 64  # edge of the block NLM and diffusion are tuned on
     seed: int = 0
@@ -901,7 +905,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated cases: mr-sr-x<S>, mr-throughplane-x<S>, mr-denoise-<percent>, "
                              "ct-lowdose[-<photons>], ct-sr-x<S> (default: %(default)s)")
     parser.add_argument("--models", default="auto",
-                        help="learned models: auto (all that serve each case), none, or comma-separated names")
+                        help="learned models: auto (the one `medsr enhance --model auto` picks for each case), all "
+                             "(every learned model that serves it), none, or comma-separated names")
     parser.add_argument("--modality", default="auto", choices=("auto", "mr", "ct"),
                         help="modality of plain files (a manifest states it)")
     parser.add_argument("--out", default="benchmarks/results", help="output folder (default: %(default)s)")
@@ -942,7 +947,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         logger.setLevel(logging.INFO)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, args.threads))
     ids = [i for i in args.ids.split(",") if i] if args.ids else None
-    models: Sequence[str] | str = args.models if args.models in ("auto", "none") else \
+    models: Sequence[str] | str = args.models if args.models in ("auto", "all", "none") else \
         [m for m in args.models.split(",") if m]
     try:
         cases = tuple(c for c in args.cases.split(",") if c)

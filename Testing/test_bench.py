@@ -230,3 +230,16 @@ def test_manifest_ids_and_modalities() -> None:
     vols = bench.find_volumes([SHARED_DATA / "MANIFEST.json"], ids=["mr_gd", "lung_ct_pat_2"])
     assert [(v.id, v.modality) for v in vols] == [("mr_gd", "mr"), ("lung_ct_pat_2", "ct")]
     assert all(v.path.exists() for v in vols)
+
+
+def test_learned_model_selection_follows_enhance_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    from MedSREnhanceLib.models import registry
+
+    fake = registry.ModelSpec("fake-ct-denoise", "denoise", "learned", ("ct",), "test double")
+    monkeypatch.setattr(registry, "LEARNED", (fake,))
+    monkeypatch.setitem(registry.REGISTRY, fake.name, fake)
+    assert bench.learned_models_for(bench.parse_case("ct-lowdose"), "auto") == ["fake-ct-denoise"]
+    assert bench.learned_models_for(bench.parse_case("ct-lowdose"), "all") == ["fake-ct-denoise"]
+    assert bench.learned_models_for(bench.parse_case("mr-denoise-5"), "auto") == []  # no MR model: nothing
+    assert bench.learned_models_for(bench.parse_case("ct-lowdose"), "none") == []
+    assert bench.learned_models_for(bench.parse_case("mr-sr-x2"), ["fake-ct-denoise"]) == []  # does not serve
