@@ -580,6 +580,17 @@ def classical_rows(case: Case, inp: Volume, gt: Volume, scorer: Scorer, settings
     return rows, outputs
 
 
+def provenance(model: str, volume_id: str) -> dict[str, Any]:
+    """Which weights ran, and whether the model card says this volume was seen in training or validation."""
+    spec = registry.get(model)
+    card = spec.card_data()
+    training = card.get("training", {}) if isinstance(card.get("training"), dict) else {}
+    seen_train = volume_id in (training.get("volumes") or card.get("training_volumes") or [])
+    seen_val = volume_id in (training.get("validation_volumes") or [])
+    return {"weights_sha256": spec.sha256, "held_out": not (seen_train or seen_val),
+            "seen_in": "training" if seen_train else "validation" if seen_val else None}
+
+
 def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Path) -> dict[str, Any]:
     """Run one (case, volume): degrade, tune and run baselines, run learned models, score, plot."""
     t_start = time.perf_counter()
@@ -608,7 +619,7 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
         out, seconds, messages = _enhance(inp, case, name, None, settings.device)
         scores, grid = scorer.score(out)
         rows.append({"model": name, "kind": "learned", "params": {}, "tuned_for": None, "metrics": scores,
-                     "seconds": seconds, "grid": grid, "messages": messages})
+                     "seconds": seconds, "grid": grid, "messages": messages, **provenance(name, bv.id)})
         outputs[name] = out
 
     verdicts = judge(rows, case.modality)
@@ -692,7 +703,8 @@ def markdown(report: dict[str, Any]) -> str:
               "windows full [-1000, 1000] and soft tissue C40/W400, data range 1. PSNR over the whole volume and "
               "inside a foreground mask (fg); 3D SSIM, Gaussian sigma 1.5, K1 0.01, K2 0.03. Bar: a learned model "
               f"gains >= {BAR_DB} dB fg PSNR over the best tuned baseline (per CT window) and its SSIM (whole and fg) "
-              "is no worse than the best baseline SSIM.", ""]
+              "is no worse than the best baseline SSIM. 'held out' comes from the model card: a volume the model was "
+              "trained or validated on (early stopping) is not a held-out test.", ""]
     if any(r.get("cached") for res in report["results"] for r in res["rows"]):
         lines += ["Rows marked (cached) come from an earlier run of this harness on identical inputs (degraded volume, "
                   "ground truth, tuning grids and baseline code hash-checked, `--cache`); their seconds are that "
@@ -700,14 +712,16 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["## Summary: learned models against the best tuned baseline", ""]
     summary = [r for r in report["results"] if r["verdicts"].get("models")]
     if summary:
-        lines += ["| case | volume | model | best baseline | fg PSNR gain (dB) | SSIM delta (min) | bar |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| case | volume | model | held out | best baseline | fg PSNR gain (dB) | SSIM delta (min) | bar |",
+                  "|---|---|---|---|---|---|---|---|"]
         for res in summary:
             for name, v in res["verdicts"]["models"].items():
+                row = next(r for r in res["rows"] if r["model"] == name)
+                held = "yes" if row.get("held_out", True) else f"no ({row.get('seen_in')})"
                 base = "; ".join(f"{b['model']}" for b in res["verdicts"]["best_baseline"].values())
                 gains = " / ".join(f"{g:+.2f}" for g in v["gain_db"].values())
                 dmin = min(v["ssim_delta_vs_best_baseline"].values())
-                lines.append(f"| {res['case']} | {res['volume']} | {name} | {base} | {gains} | {dmin:+.4f} | "
+                lines.append(f"| {res['case']} | {res['volume']} | {name} | {held} | {base} | {gains} | {dmin:+.4f} | "
                              f"{'PASS' if v['passes_bar'] else '**MISS**'} |")
         lines.append("")
         lines.append("CT gains are given per window (full / soft).")
@@ -740,6 +754,8 @@ def markdown(report: dict[str, Any]) -> str:
                     name += " (edge of grid)"
                 if row.get("cached"):
                     name += " (cached)"
+                if row.get("seen_in"):
+                    name += f" (**{row['seen_in']} volume of this model**)"
                 if not row["grid"]["grid_matches_reference"]:
                     name += f" (off-grid, {row['grid']['origin_offset_mm']:.2f} mm origin offset)"
                 vals = " | ".join(_fmt(row["metrics"][k], d) for k, _, d in cols)
