@@ -88,3 +88,15 @@ def test_throughplane_fuses_two_orientations() -> None:
     _receptive_radius_ok(net, (17, 15, 13), 1)
     net2 = ThroughPlaneNet(channels=4, dilations=(1, 2, 1), spatial_dims=2)
     assert net2(torch.rand(3, 1, 11, 8)).shape == (3, 1, 11, 8)
+
+
+def test_srnet_self_ensemble_is_flip_equivariant_and_keeps_the_halo() -> None:
+    net = _randomise(SRNet(scale=2, channels=3, blocks=1, spatial_dims=3, ensemble=8))
+    x = torch.rand(1, 1, 7, 8, 9)
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == (1, 1, 14, 16, 18)
+        assert torch.allclose(net(x.flip(2)), y.flip(2), atol=1e-5)
+    _receptive_radius_ok(net, (13, 13, 13), 2)
+    with pytest.raises(ValueError):
+        SRNet(scale=2, spatial_dims=2, ensemble=8)

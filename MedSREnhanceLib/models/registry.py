@@ -66,7 +66,20 @@ CLASSICAL: tuple[ModelSpec, ...] = (
 )
 
 # Learned models: filled in as they are trained (see weights/*.json for each card).
-LEARNED: tuple[ModelSpec, ...] = ()
+LEARNED: tuple[ModelSpec, ...] = (
+    ModelSpec("mr-sr-x2", "sr", "learned", ("mr",),
+              "MR isotropic super-resolution x2 (3D EDSR-style net on the LR grid, pixel shuffle)",
+              arch="srnet", builder="SRNet", kwargs={"scale": 2, "channels": 32, "blocks": 3, "spatial_dims": 3, "ensemble": 8},
+              weights="mr-sr-x2.pt",
+              sha256="45c316d35e188a750c62b3df159278f4c4cb45b68780884368d6bf126ff036a7",
+              card="mr-sr-x2.json", normalisation="mr", scale_mode="isotropic", scales=(2.0,),),
+    ModelSpec("mr-throughplane", "sr", "learned", ("mr",),
+              "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
+              arch="throughplane", builder="ThroughPlaneNet", kwargs={"channels": 32, "dilations": (1, 1, 1, 1, 1, 1, 1), "spatial_dims": 3},
+              weights="mr-throughplane.pt",
+              sha256="9f47d28b7bed1caf8ea4a712177af886523adcfbdffb6e82416639c34700a383",
+              card="mr-throughplane.json", normalisation="mr", scale_mode="axis", scale_min=2.0, scale_max=6.0,),
+)
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in CLASSICAL + LEARNED}
 

@@ -37,8 +37,11 @@ class ResBlock(nn.Module):
 class SRNet(nn.Module):
     """EDSR-style body at LR (``blocks`` residual blocks of ``channels``), pixel shuffle to ``scale``."""
 
+    # flip sets for the self-ensemble, ordered so that the first n are the most diverse
+    FLIPS_3D: tuple[tuple[int, ...], ...] = ((), (2, 3, 4), (2,), (3, 4), (3,), (2, 4), (4,), (2, 3))
+
     def __init__(self, scale: int = 2, channels: int = 32, blocks: int = 3, spatial_dims: int = 3,
-                 res_scale: float = 0.5) -> None:
+                 res_scale: float = 0.5, ensemble: int = 1) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError("spatial_dims must be 2 or 3")
@@ -52,10 +55,26 @@ class SRNet(nn.Module):
         nn.init.zeros_(self.tail.weight)  # start as plain trilinear interpolation
         nn.init.zeros_(self.tail.bias)
         # every 3x3 conv widens the receptive field by one LR voxel; the trilinear skip needs one more
+        # ensemble > 1: average the outputs over flipped copies of the input (geometric self-ensemble). Flipping
+        # the LR grid flips the extent-preserving HR grid exactly, and the receptive field (halo) is unchanged.
+        if not 1 <= ensemble <= 2**spatial_dims:
+            raise ValueError(f"ensemble must be in 1..{2**spatial_dims}")
+        self.ensemble = ensemble
         self.halo: int = 2 * blocks + 3
         self.scale_factors: tuple[int, ...] = (self.scale,) * spatial_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ensemble == 1 or self.training:
+            return self._forward(x)
+        flips = [tuple(d for d in f if d < 2 + self.spatial_dims) for f in self.FLIPS_3D]
+        flips = list(dict.fromkeys(flips))[: self.ensemble]
+        out = torch.zeros(())
+        for f in flips:
+            y = self._forward(x.flip(f) if f else x)
+            out = out + (y.flip(f) if f else y)
+        return out / len(flips)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
         base = F.interpolate(x, scale_factor=self.scale, mode=mode, align_corners=False)
         feat = self.head(x)  # (N, C, *S)
