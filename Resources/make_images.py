@@ -83,7 +83,7 @@ def make_screenshot(path: Path) -> None:
     half = float(np.percentile(np.abs(diff), 99.5)) or 1.0
     panels = [
         (np.repeat(low[:, jc, :], 4, axis=0), "Input (4 mm slices)", "gray", 0, 240),
-        (enh[:, jc, :], f"Enhanced x4 through-plane ({result.model})", "gray", 0, 240),
+        (enh[:, jc, :], f"Enhanced x4 ({result.model})", "gray", 0, 240),
         (diff[:, jc, :], "Difference (enhanced - input)", DIVERGING, -half, half),
     ]
     from MedSREnhanceLib.slicer_helpers import VIEW_COLORS, VIEW_LABELS
