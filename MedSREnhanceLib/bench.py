@@ -848,12 +848,16 @@ def _plot(case: Case, bv: BenchVolume, gt: Volume, inp: Volume, rows: list[dict[
 
 
 def _git_revision() -> str:
+    """Short commit of the library's checkout, "+modified" when the library's files differ from it."""
     import subprocess
 
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "?"
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True, text=True,
+                               timeout=10, cwd=here).stdout.strip()
+        return (rev + ("+modified" if dirty else "")) if rev else "?"
     except (OSError, subprocess.SubprocessError):
         return "?"
 
