@@ -71,7 +71,7 @@ LEARNED: tuple[ModelSpec, ...] = (
               "MR isotropic super-resolution x2 (3D EDSR-style net on the LR grid, pixel shuffle)",
               arch="srnet", builder="SRNet", kwargs={"scale": 2, "channels": 32, "blocks": 3, "spatial_dims": 3, "ensemble": 8},
               weights="mr-sr-x2.pt",
-              sha256="45c316d35e188a750c62b3df159278f4c4cb45b68780884368d6bf126ff036a7",
+              sha256="ce4fcc2d0b231d4671b610ec793979bbc52548f84560be4750f796f9c5f262c5",
               card="mr-sr-x2.json", normalisation="mr", scale_mode="isotropic", scales=(2.0,),),
     ModelSpec("mr-throughplane", "sr", "learned", ("mr",),
               "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
@@ -79,6 +79,12 @@ LEARNED: tuple[ModelSpec, ...] = (
               weights="mr-throughplane.pt",
               sha256="9f47d28b7bed1caf8ea4a712177af886523adcfbdffb6e82416639c34700a383",
               card="mr-throughplane.json", normalisation="mr", scale_mode="axis", scale_min=2.0, scale_max=6.0,),
+    ModelSpec("mr-sr-x3", "sr", "learned", ("mr",),
+              "MR isotropic super-resolution x3 (3D EDSR-style net on the LR grid, pixel shuffle)",
+              arch="srnet", builder="SRNet", kwargs={"scale": 3, "channels": 32, "blocks": 3, "spatial_dims": 3, "ensemble": 8},
+              weights="mr-sr-x3.pt",
+              sha256="31c9d3f0f5d1189fcdb0fd886359051b066d0668fb5c7a18ede9658a379c9a4d",
+              card="mr-sr-x3.json", normalisation="mr", scale_mode="isotropic", scales=(3.0,),),
 )
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in CLASSICAL + LEARNED}
