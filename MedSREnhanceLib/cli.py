@@ -87,7 +87,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         rows.append({
             "name": spec.name, "task": spec.task, "kind": spec.kind, "modality": ",".join(spec.modalities),
             "scales": scales, "size_bytes": size, "summary": spec.summary,
-            "training_data": card.get("training_volumes", []), "metrics": card.get("metrics", {}),
+            "training_data": card.get("training", {}).get("volumes", []), "metrics": card.get("metrics", {}),
         })
     if args.json:
         print(json.dumps(rows, indent=2))

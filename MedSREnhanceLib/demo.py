@@ -114,7 +114,8 @@ def run_demo(out_dir: str | Path = "medsr_demo", quiet: bool = False) -> str:
 
     if result.model in REGISTRY:
         card = REGISTRY[result.model].card_data()
-    seen = SAMPLE_ID in card.get("training_volumes", [])
+    training = card.get("training", {})
+    seen = SAMPLE_ID in training.get("volumes", []) + training.get("validation_volumes", [])
     gain = scores[result.model]["psnr_fg"] - scores["bspline"]["psnr_fg"]
     summary = {
         "sample": str(sample_path().name), "scale": SCALE, "model": result.model, "device": result.device,
