@@ -23,7 +23,7 @@ from .progress import CancelFn, Progress, ProgressFn
 from .models import registry
 from .models.registry import ModelSpec
 from .resample import resample_scale, resample_to
-from .volume import Scale, Volume, parse_scale, resized_geometry, validate
+from .volume import Scale, Volume, empty_like_resized, parse_scale, resized_geometry, validate
 
 logger = logging.getLogger(__name__)
 
@@ -134,13 +134,11 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
     elif spec.scale_mode == "isotropic":
         factor = min(int(f) for f in spec.scales if f >= scale[0] - 1e-9)
         out = run_with_fallback(array, make_net, scale=(factor,) * 3, **common)
-        size, spacing, origin = resized_geometry(volume, (factor,) * 3)
-        result = Volume(normalise.inverse(out, norm), spacing, origin, volume.direction, dict(volume.metadata))
+        result = empty_like_resized(volume, (factor,) * 3)
+        result = result.with_array(normalise.inverse(out, norm))
         if abs(factor - scale[0]) > 1e-9:
             ctx["messages"].append(f"ran the x{factor} model and resampled to x{scale[0]:g} (cubic B-spline)")
-            target = Volume(np.zeros(resized_geometry(volume, scale)[0][::-1], np.float32),
-                            *resized_geometry(volume, scale)[1:], volume.direction)
-            result = resample_to(result, target, "bspline")
+            result = resample_to(result, empty_like_resized(volume, scale), "bspline")
     elif spec.scale_mode == "axis":
         axis = next(i for i, s in enumerate(scale) if abs(s - 1.0) > 1e-9)  # index axis i/j/k
         pre = resample_scale(volume.with_array(array), scale, "bspline")
