@@ -127,7 +127,8 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
         return net.to(dev)
 
     common = dict(halo=halo, width=width, device=device, precision=ctx["precision"], tile=ctx["tile"],
-                  progress=ctx["progress"], cancel=ctx["cancel"], messages=ctx["messages"])
+                  progress=ctx["progress"], cancel=ctx["cancel"], messages=ctx["messages"],
+                  align=int(getattr(net, "shift_multiple", 1)))
     if spec.scale_mode == "none":
         out = run_with_fallback(array, make_net, scale=(1, 1, 1), **common)
         result = volume.with_array(normalise.inverse(out, norm))

@@ -219,14 +219,19 @@ def run_with_fallback(
     cancel: Optional[CancelFn] = None,
     messages: Optional[list[str]] = None,
     min_tile: int = 16,
+    align: int = 1,
 ) -> np.ndarray:
     """``tiled_apply`` that survives GPU out-of-memory: halve the tile until ``min_tile``, then run on the CPU.
 
-    Every fallback is appended to ``messages`` so the CLI and the Slicer panel can say what happened.
+    Every fallback is appended to ``messages`` so the CLI and the Slicer panel can say what happened. ``align``:
+    tile cores and the halo are rounded up to multiples of it (a net with 2**k downsampling is shift-equivariant
+    only by multiples of 2**k, so tiles must start on that grid to match the whole-volume result).
     """
     notes = messages if messages is not None else []
+    halo = -(-halo // align) * align
     current = tile or auto_tile(array.shape, scale, width, device, halo)
     while True:
+        current = -(-current // align) * align
         try:
             net = make_net(device)
             logger.info("tiled inference on %s, tile %d, halo %d", device, current, halo)

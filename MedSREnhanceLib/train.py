@@ -480,11 +480,14 @@ def macs_per_output_voxel(model: torch.nn.Module, spatial_dims: int, size: int =
     total = [0]
 
     def hook(mod: torch.nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        assert isinstance(mod, (torch.nn.Conv2d, torch.nn.Conv3d))
-        total[0] += out.numel() * (mod.in_channels // mod.groups) * int(np.prod(mod.kernel_size))
+        k = int(np.prod(mod.kernel_size))
+        if isinstance(mod, (torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)):
+            total[0] += inp[0].numel() * (mod.out_channels // mod.groups) * k  # each input scatters a kernel
+        else:
+            total[0] += out.numel() * (mod.in_channels // mod.groups) * k
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    kinds = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     x = torch.zeros((1, 1) + (size,) * spatial_dims)
     with torch.inference_mode():
         y = model(x)

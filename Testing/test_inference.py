@@ -400,3 +400,30 @@ def test_bench_tiling_script_smoke() -> None:
     assert any(ln.startswith("untiled") for ln in lines) and any(ln.startswith("tile 8") for ln in lines)
     diff = [ln for ln in lines if "max |tiled - untiled|" in ln]
     assert diff and float(diff[0].rsplit("=", 1)[1]) < 1e-5
+
+
+def test_run_with_fallback_aligns_tiles_for_downsampling_nets() -> None:
+    """A user tile of 13 and halo 10 become 16 and 12 for a U-Net (shift-equivariant by 4): tiles stay exact."""
+    from MedSREnhanceLib.models.denoiser import Denoiser
+
+    torch.manual_seed(0)
+    net = Denoiser(channels=2, spatial_dims=3).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.1)
+    vol = np.random.default_rng(0).random((70, 61, 58), dtype=np.float32)
+    with torch.no_grad():
+        whole = net(torch.from_numpy(vol)[None, None])[0, 0].numpy()
+    seen: list[tuple[int, ...]] = []
+
+    def make_net(d: torch.device) -> nn.Module:
+        net.register_forward_pre_hook(lambda m, inp: seen.append(tuple(inp[0].shape[2:])))
+        return net.to(d)
+
+    out = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo - 2, width=2,
+                            device=torch.device("cpu"), tile=13, align=net.shift_multiple)
+    assert min(seen) < (70, 61, 58)  # really tiled
+    np.testing.assert_allclose(out, whole, atol=1e-4 * float(np.abs(whole).max()))
+    misaligned = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo, width=2,
+                                   device=torch.device("cpu"), tile=13)
+    assert np.abs(misaligned - whole).max() > 1e-3 * float(np.abs(whole).max())  # the failure align prevents

@@ -79,7 +79,7 @@ out_dir = "{tmp_path / 'weights'}"
 SR_MODEL = 'arch = "srnet"\nbuilder = "SRNet"\nkwargs = { scale = 2, channels = 4, blocks = 1, spatial_dims = 3 }'
 TP_MODEL = ('arch = "throughplane"\nbuilder = "ThroughPlaneNet"\n'
             'kwargs = { channels = 4, dilations = [1, 2, 1], spatial_dims = 3 }')
-DN_MODEL = 'arch = "denoiser"\nbuilder = "Denoiser"\nkwargs = { channels = 4, dilations = [1, 2, 1], spatial_dims = 3 }'
+DN_MODEL = 'arch = "denoiser"\nbuilder = "Denoiser"\nkwargs = { channels = 4, spatial_dims = 3 }'
 
 
 @pytest.mark.parametrize("task,model,ids,degrade", [

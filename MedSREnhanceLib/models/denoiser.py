@@ -1,40 +1,63 @@
-"""Residual 3D denoiser (DnCNN/IRCNN-like): dilated 3x3(x3) convolutions, no pooling, fully convolutional.
+"""Residual denoiser: a small U-Net (two 2x downsamplings, additive skips) that predicts the noise.
 
-output = x - noise_estimate(x). Dilations (1, 2, 3, 4, 3, 2, 1) give a 16-voxel receptive-field radius at the
-cost of seven convolutions, and keep the network exactly shift-equivariant (tiles cut anywhere agree).
-forward: (N, 1, *S) -> (N, 1, *S). One file serves MR (Rician: the net learns to remove the positive noise floor
-in dark regions; ``clamp_min`` optionally keeps outputs >= a value) and CT (separate weights).
+output = x - noise_estimate(x). The downsampled levels give a 22-voxel receptive-field radius at a fraction of the
+cost of a full-resolution stack of the same reach (a 7-layer dilated full-resolution CNN, tried first, learned
+nothing in the CPU budget). forward: (N, 1, *S) -> (N, 1, *S); any size (padded to a multiple of 4 inside).
+Tiles agree with the whole volume when they start on multiples of 4 and read ``halo`` voxels around their core.
+One file serves MR (Rician: the net learns to remove the positive noise floor in dark regions; ``clamp_min``
+keeps magnitude outputs >= 0) and CT (separate weights).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
+def _block(conv: type[nn.Module], c_in: int, c_out: int, n: int, stride: int = 1) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(n):
+        layers += [conv(c_in if i == 0 else c_out, c_out, 3, stride=stride if i == 0 else 1, padding=1),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
 class Denoiser(nn.Module):
-    def __init__(self, channels: int = 24, dilations: tuple[int, ...] = (1, 2, 3, 4, 3, 2, 1),
-                 spatial_dims: int = 3, clamp_min: float | None = None) -> None:
+    def __init__(self, channels: int = 16, spatial_dims: int = 3, clamp_min: float | None = None) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError("spatial_dims must be 2 or 3")
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-        dil = tuple(int(d) for d in dilations)
-        layers: list[nn.Module] = []
-        for i, d in enumerate(dil):
-            c_in = 1 if i == 0 else channels
-            c_out = 1 if i == len(dil) - 1 else channels
-            layers.append(conv(c_in, c_out, 3, padding=d, dilation=d))
-            if i < len(dil) - 1:
-                layers.append(nn.ReLU(inplace=True))
-        self.net = nn.Sequential(*layers)
-        nn.init.zeros_(self.net[-1].weight)  # start as identity
-        nn.init.zeros_(self.net[-1].bias)
+        up = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
+        c = channels
+        self.enc0 = _block(conv, 1, c, 2)  # full resolution
+        self.enc1 = _block(conv, c, 2 * c, 2, stride=2)  # 1/2
+        self.mid = _block(conv, 2 * c, 4 * c, 3, stride=2)  # 1/4
+        self.up1 = up(4 * c, 2 * c, 2, stride=2)
+        self.dec1 = _block(conv, 2 * c, 2 * c, 1)
+        self.up0 = up(2 * c, c, 2, stride=2)
+        self.dec0 = _block(conv, c, c, 1)
+        self.head = conv(c, 1, 3, padding=1)
+        nn.init.zeros_(self.head.weight)  # start as identity
+        nn.init.zeros_(self.head.bias)
         self.clamp_min = clamp_min
-        self.halo: int = sum(dil)
+        self.spatial_dims = spatial_dims
+        self.halo: int = 24  # receptive-field radius is 19-22 by phase (tested); rounded up to a multiple of 4
         self.scale_factors: tuple[int, ...] = (1,) * spatial_dims
+        self.shift_multiple: int = 4  # tiles must start on this grid (two 2x downsamplings)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x - self.net(x)  # (N, 1, *S)
+        size = x.shape[2:]
+        pad: list[int] = []
+        for n in reversed(size):  # F.pad order: last dim first, (before, after)
+            pad += [0, (-n) % 4]
+        xp = F.pad(x, pad, mode="replicate") if any(pad) else x
+        e0 = self.enc0(xp)
+        e1 = self.enc1(e0)
+        d1 = self.dec1(self.up1(self.mid(e1)) + e1)
+        d0 = self.dec0(self.up0(d1) + e0)
+        noise = self.head(d0)[(...,) + tuple(slice(0, n) for n in size)]
+        out = x - noise
         if self.clamp_min is not None:
             out = out.clamp_min(self.clamp_min)
         return out
