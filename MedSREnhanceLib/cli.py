@@ -133,7 +133,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import run_training
 
-    path = run_training(args.config, resume=args.resume, quiet=args.quiet)
+    path = run_training(args.config, resume=args.resume, quiet=args.quiet, data_root=args.data_root)
     if not args.quiet:
         sys.stderr.write(f"medsr: weights and card written to {path}\n")
     return EXIT_OK
@@ -195,6 +195,8 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--data-root", default="", help="folder with MANIFEST.json and the volumes (default: the "
+                   "config's data_root, ../shared/data from the repository root)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="benchmark models against tuned classical baselines")

@@ -60,10 +60,10 @@ class DataConfig:
     task: str  # "sr" | "throughplane" | "denoise-mr" | "denoise-ct"
     train_ids: list[str]
     val_ids: list[str] = field(default_factory=list)
-    data_root: str = "/work/shared/data"
+    data_root: str = "../shared/data"  # relative paths here and below: to the repository root
     patch: int = 32  # target (HR) patch edge in voxels (2D patches for throughplane)
     zscore_variants: bool = True  # add brain-z-scored copies (background 0, negative tissue values)
-    cache_dir: str = "/work/cache"  # precomputed CT pairs (never inside the repo)
+    cache_dir: str = "../cache"  # precomputed CT pairs (never inside the repo)
     ct_max_slices: int = 32  # central axial slices per CT volume used for the low-dose pairs
     max_extent: int = 0  # crop every axis to at most this many central voxels (0: whole volumes)
 
@@ -94,7 +94,7 @@ class TrainConfig:
     checkpoint_minutes: float = 3.0
     max_minutes: float = 35.0  # hard wall-clock stop (a truncated run says so in its card)
     val_every: int = 200
-    run_dir: str = "/work/runs"
+    run_dir: str = "../runs"  # checkpoints (outside the repo)
     out_dir: str = ""  # default: MedSREnhanceLib/weights
 
 
@@ -114,17 +114,28 @@ def _build(cls: type, table: dict[str, Any], where: str) -> Any:
     return cls(**table)
 
 
-def load_config(path: str | Path) -> Config:
+def _from_repo(path: str) -> str:
+    return str(path if not path or Path(path).is_absolute() else (REPO_ROOT / path).resolve())
+
+
+def load_config(path: str | Path, data_root: str = "") -> Config:
+    """Parse a TOML config; relative directories resolve against the repository root, so a config means the
+    same thing from any working directory. ``data_root`` overrides the config's."""
     raw = tomllib.loads(Path(path).read_text())
     unknown = set(raw) - {"model", "data", "degrade", "train"}
     if unknown:
         raise ValueError(f"unknown table(s) in {path}: {', '.join(sorted(unknown))}")
-    return Config(
+    cfg = Config(
         model=_build(ModelConfig, raw["model"], "model"),
         data=_build(DataConfig, raw["data"], "data"),
         degrade=_build(DegradeConfig, raw.get("degrade", {}), "degrade"),
         train=_build(TrainConfig, raw.get("train", {}), "train"),
     )
+    if data_root:
+        cfg.data.data_root = str(Path(data_root).resolve())
+    cfg.data.data_root, cfg.data.cache_dir = _from_repo(cfg.data.data_root), _from_repo(cfg.data.cache_dir)
+    cfg.train.run_dir, cfg.train.out_dir = _from_repo(cfg.train.run_dir), _from_repo(cfg.train.out_dir)
+    return cfg
 
 
 # -------------------------------------------------------------------------------------------------- data
@@ -523,11 +534,11 @@ def _task_fields(cfg: Config) -> dict[str, Any]:
     return {"task": "denoise", "modality": "ct", "scale_mode": "none"}
 
 
-def run_training(config_path: str, resume: bool = False, quiet: bool = False) -> Path:
+def run_training(config_path: str, resume: bool = False, quiet: bool = False, data_root: str = "") -> Path:
     """Train the model a TOML config describes; returns the path of the written weights file."""
     from tqdm import tqdm
 
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, data_root)
     tc = cfg.train
     torch.set_num_threads(tc.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(tc.threads)
@@ -679,6 +690,7 @@ if __name__ == "__main__":
     parser.add_argument("config")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--data-root", default="", help="folder with MANIFEST.json (default: the config's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run_training(args.config, resume=args.resume, quiet=args.quiet)
+    run_training(args.config, resume=args.resume, quiet=args.quiet, data_root=args.data_root)

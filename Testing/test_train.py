@@ -144,3 +144,16 @@ def test_ssim_and_structure_sampling() -> None:
     rng = np.random.default_rng(0)
     corners = [train.sample_corner(w, 2, arr.shape, (6, 6, 6), rng)[2] for _ in range(200)]
     assert np.mean([9 <= c <= 14 for c in corners]) > 0.5  # patches gather around the edge
+
+
+def test_relative_directories_resolve_against_the_repository_root(tmp_path: Path, data_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config means the same from any working directory; --data-root overrides the config's data_root."""
+    cfg = tmp_path / "rel.toml"
+    cfg.write_text('[model]\nname = "x"\n' + DN_MODEL + '\n[data]\ntask = "denoise-mr"\ntrain_ids = ["mr_a"]\n')
+    monkeypatch.chdir(tmp_path)
+    loaded = train.load_config(cfg)
+    assert Path(loaded.data.data_root) == (train.REPO_ROOT / "../shared/data").resolve()
+    assert Path(loaded.train.run_dir) == (train.REPO_ROOT / "../runs").resolve()
+    assert loaded.train.out_dir == ""  # the package's weights folder
+    assert train.load_config(cfg, str(data_root)).data.data_root == str(data_root.resolve())
