@@ -130,11 +130,11 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
                   progress=ctx["progress"], cancel=ctx["cancel"], messages=ctx["messages"],
                   align=int(getattr(net, "shift_multiple", 1)))
     if spec.scale_mode == "none":
-        out = run_with_fallback(array, make_net, scale=(1, 1, 1), **common)
+        out, used = run_with_fallback(array, make_net, scale=(1, 1, 1), **common)
         result = volume.with_array(normalise.inverse(out, norm))
     elif spec.scale_mode == "isotropic":
         factor = min(int(f) for f in spec.scales if f >= scale[0] - 1e-9)
-        out = run_with_fallback(array, make_net, scale=(factor,) * 3, **common)
+        out, used = run_with_fallback(array, make_net, scale=(factor,) * 3, **common)
         result = empty_like_resized(volume, (factor,) * 3)
         result = result.with_array(normalise.inverse(out, norm))
         if abs(factor - scale[0]) > 1e-9:
@@ -145,11 +145,11 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
         pre = resample_scale(volume.with_array(array), scale, "bspline")
         dim = 2 - axis  # the array is (k, j, i)
         moved = np.moveaxis(pre.array, dim, 0)  # slice axis first: the network's D
-        out = run_with_fallback(np.ascontiguousarray(moved), make_net, scale=(1, 1, 1), **common)
+        out, used = run_with_fallback(np.ascontiguousarray(moved), make_net, scale=(1, 1, 1), **common)
         result = pre.with_array(normalise.inverse(np.moveaxis(out, 0, dim), norm))
     else:
         raise ValueError(f"model {spec.name} has an unknown scale mode {spec.scale_mode!r}")
-    ctx["device_used"] = str(device) if not any("running on the CPU" in m for m in ctx["messages"]) else "cpu"
+    ctx["device_used"] = str(used)
     if spec.normalisation == "mr" and float(volume.array.min()) >= 0:
         result = result.with_array(np.maximum(result.array, 0))  # magnitude images stay non-negative
     return result

@@ -220,8 +220,9 @@ def run_with_fallback(
     messages: Optional[list[str]] = None,
     min_tile: int = 16,
     align: int = 1,
-) -> np.ndarray:
+) -> tuple[np.ndarray, torch.device]:
     """``tiled_apply`` that survives GPU out-of-memory: halve the tile until ``min_tile``, then run on the CPU.
+    Returns the output and the device it was computed on.
 
     Every fallback is appended to ``messages`` so the CLI and the Slicer panel can say what happened. ``align``:
     tile cores and the halo are rounded up to multiples of it (a net with 2**k downsampling is shift-equivariant
@@ -235,10 +236,11 @@ def run_with_fallback(
         try:
             net = make_net(device)
             logger.info("tiled inference on %s, tile %d, halo %d", device, current, halo)
-            return tiled_apply(
+            out = tiled_apply(
                 array, net, scale=scale, tile=current, halo=halo, mode=mode, device=device,
                 dtype=autocast_dtype(device, precision), progress=progress, cancel=cancel,
             )
+            return out, device
         except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
             if not is_oom(exc) or device.type == "cpu":
                 raise

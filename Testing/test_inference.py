@@ -263,10 +263,11 @@ class FakeGPU:
 def test_oom_halves_the_tile_then_succeeds(monkeypatch, volume: np.ndarray, error: Exception) -> None:
     gpu = FakeGPU(monkeypatch, limit=(16 + 2 * 4) ** 3, error=error)  # fits tile 16 with halo 4, not 32
     messages: list[str] = []
-    out = run_with_fallback(volume, gpu.make_net, scale=(2, 2, 2), halo=4, width=8, device=torch.device("cuda"),
+    out, used = run_with_fallback(volume, gpu.make_net, scale=(2, 2, 2), halo=4, width=8, device=torch.device("cuda"),
                             precision="fp32", tile=64, messages=messages)
     assert gpu.calls == [("cuda", 64), ("cuda", 32), ("cuda", 16)]
     assert messages == ["cuda out of memory: retrying with tile 32", "cuda out of memory: retrying with tile 16"]
+    assert used == torch.device("cuda")
     np.testing.assert_allclose(out, untiled(gpu.net, volume), atol=1e-5)
 
 
@@ -274,11 +275,12 @@ def test_oom_at_the_smallest_tile_falls_back_to_cpu(monkeypatch, volume: np.ndar
     gpu = FakeGPU(monkeypatch, limit=10, error=torch.cuda.OutOfMemoryError("CUDA out of memory"))
     messages: list[str] = []
     progress = []
-    out = run_with_fallback(volume, gpu.make_net, scale=(2, 2, 2), halo=4, width=8, device=torch.device("cuda"),
+    out, used = run_with_fallback(volume, gpu.make_net, scale=(2, 2, 2), halo=4, width=8, device=torch.device("cuda"),
                             precision="fp32", tile=32, messages=messages, min_tile=16, progress=progress.append)
     assert gpu.calls == [("cuda", 32), ("cuda", 16), ("cpu", 32)]
     assert gpu.built == ["cuda", "cuda", "cpu"]
     assert messages[-1] == "cuda out of memory even with tile 16: running on the CPU"
+    assert used == torch.device("cpu")  # the result says where it was really computed
     assert len(messages) == 2
     np.testing.assert_allclose(out, untiled(gpu.net, volume), atol=1e-5)
     assert progress[-1].done == progress[-1].total  # the CPU run reported to the end
@@ -309,7 +311,7 @@ def test_oom_on_cpu_is_raised_not_looped(volume: np.ndarray) -> None:
 
 def test_run_with_fallback_on_cpu_matches_untiled(volume: np.ndarray) -> None:
     net = FCN(up=(1, 1, 2)).eval()
-    out = run_with_fallback(volume, lambda d: net.to(d), scale=(1, 1, 2), halo=net.radius, width=6,
+    out, used = run_with_fallback(volume, lambda d: net.to(d), scale=(1, 1, 2), halo=net.radius, width=6,
                             device=torch.device("cpu"), tile=None)
     np.testing.assert_allclose(out, untiled(net, volume), atol=1e-5)
 
@@ -420,10 +422,10 @@ def test_run_with_fallback_aligns_tiles_for_downsampling_nets() -> None:
         net.register_forward_pre_hook(lambda m, inp: seen.append(tuple(inp[0].shape[2:])))
         return net.to(d)
 
-    out = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo - 2, width=2,
+    out, _ = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo - 2, width=2,
                             device=torch.device("cpu"), tile=13, align=net.shift_multiple)
     assert min(seen) < (70, 61, 58)  # really tiled
     np.testing.assert_allclose(out, whole, atol=1e-4 * float(np.abs(whole).max()))
-    misaligned = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo, width=2,
+    misaligned, _ = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo, width=2,
                                    device=torch.device("cpu"), tile=13)
     assert np.abs(misaligned - whole).max() > 1e-3 * float(np.abs(whole).max())  # the failure align prevents
