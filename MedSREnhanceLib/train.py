@@ -88,6 +88,7 @@ class TrainConfig:
     batch: int = 4
     lr: float = 1e-3
     lr_final_fraction: float = 0.05  # cosine decay to this fraction of lr
+    warmup_steps: int = 0  # linear lr warm-up (keeps early Adam steps from killing ReLUs behind a zero head)
     ssim_weight: float = 0.2
     seed: int = 0
     threads: int = 1
@@ -515,6 +516,8 @@ def _lr_at(step: int, cfg: TrainConfig, minutes: float = 0.0) -> float:
     (so a run cut by the wall clock still ends annealed; on an unloaded machine the steps decide)."""
     progress = min(1.0, max(step / max(1, cfg.steps), minutes / max(cfg.max_minutes, 1e-6)))
     f = cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+    if step < cfg.warmup_steps:
+        f *= (step + 1) / cfg.warmup_steps
     return cfg.lr * f
 
 

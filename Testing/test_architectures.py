@@ -97,6 +97,10 @@ def test_denoiser_shapes_identity_start_and_halo() -> None:
     assert net2d.halo - 4 < max(radii) <= net2d.halo and min(radii) >= net2d.halo - 6
     assert _farthest_influence(_randomise(Denoiser(channels=2, spatial_dims=3)), (44, 44, 44), (22, 22, 22)) <= 24
     assert Denoiser(channels=4, spatial_dims=2, clamp_min=0.0)(-torch.ones(1, 1, 5, 5)).min() == 0
+    leaky = Denoiser(channels=4, spatial_dims=3, negative_slope=0.1)
+    assert sum(isinstance(m, torch.nn.LeakyReLU) for m in leaky.modules()) == 9
+    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in net.modules())  # plain ReLU by default
+    assert leaky.state_dict().keys() == net.state_dict().keys()  # same weights layout either way
 
 
 def test_denoiser_tiles_agree_with_the_whole_volume() -> None:

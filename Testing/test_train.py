@@ -157,3 +157,12 @@ def test_relative_directories_resolve_against_the_repository_root(tmp_path: Path
     assert Path(loaded.train.run_dir) == (train.REPO_ROOT / "../runs").resolve()
     assert loaded.train.out_dir == ""  # the package's weights folder
     assert train.load_config(cfg, str(data_root)).data.data_root == str(data_root.resolve())
+
+
+def test_learning_rate_warms_up_then_decays_by_cosine() -> None:
+    tc = train.TrainConfig(steps=1000, lr=1e-3, warmup_steps=100, lr_final_fraction=0.05, max_minutes=1e9)
+    lrs = [train._lr_at(s, tc) for s in (0, 49, 99, 100, 500, 1000)]
+    assert lrs[0] == pytest.approx(1e-5, rel=0.02) and lrs[1] == pytest.approx(0.5e-3, rel=0.02)
+    assert lrs[2] == pytest.approx(train._lr_at(100, tc), rel=0.01)  # continuous at the end of warm-up
+    assert lrs[3] > lrs[4] > lrs[5] == pytest.approx(0.05e-3)
+    assert train._lr_at(0, train.TrainConfig(lr=1e-3)) == pytest.approx(1e-3)  # no warm-up by default

@@ -5,7 +5,9 @@ cost of a full-resolution stack of the same reach (a 7-layer dilated full-resolu
 nothing in the CPU budget). forward: (N, 1, *S) -> (N, 1, *S); any size (padded to a multiple of 4 inside).
 Tiles agree with the whole volume when they start on multiples of 4 and read ``halo`` voxels around their core.
 One file serves MR (Rician: the net learns to remove the positive noise floor in dark regions; ``clamp_min``
-keeps magnitude outputs >= 0) and CT (separate weights).
+keeps magnitude outputs >= 0) and CT (separate weights). ``negative_slope`` > 0 uses leaky ReLUs: with plain
+ReLUs and the zero-initialised head, the MR run drove 98% of the full-resolution units dead within 200 Adam steps
+(biases pushed negative while the head was still ~0), and the net never left the identity.
 """
 from __future__ import annotations
 
@@ -14,29 +16,31 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _block(conv: type[nn.Module], c_in: int, c_out: int, n: int, stride: int = 1) -> nn.Sequential:
+def _block(conv: type[nn.Module], c_in: int, c_out: int, n: int, stride: int = 1,
+           negative_slope: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(n):
-        layers += [conv(c_in if i == 0 else c_out, c_out, 3, stride=stride if i == 0 else 1, padding=1),
-                   nn.ReLU(inplace=True)]
+        act = nn.LeakyReLU(negative_slope, inplace=True) if negative_slope > 0 else nn.ReLU(inplace=True)
+        layers += [conv(c_in if i == 0 else c_out, c_out, 3, stride=stride if i == 0 else 1, padding=1), act]
     return nn.Sequential(*layers)
 
 
 class Denoiser(nn.Module):
-    def __init__(self, channels: int = 16, spatial_dims: int = 3, clamp_min: float | None = None) -> None:
+    def __init__(self, channels: int = 16, spatial_dims: int = 3, clamp_min: float | None = None,
+                 negative_slope: float = 0.0) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError("spatial_dims must be 2 or 3")
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         up = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
-        c = channels
-        self.enc0 = _block(conv, 1, c, 2)  # full resolution
-        self.enc1 = _block(conv, c, 2 * c, 2, stride=2)  # 1/2
-        self.mid = _block(conv, 2 * c, 4 * c, 3, stride=2)  # 1/4
+        c, ns = channels, negative_slope
+        self.enc0 = _block(conv, 1, c, 2, negative_slope=ns)  # full resolution
+        self.enc1 = _block(conv, c, 2 * c, 2, stride=2, negative_slope=ns)  # 1/2
+        self.mid = _block(conv, 2 * c, 4 * c, 3, stride=2, negative_slope=ns)  # 1/4
         self.up1 = up(4 * c, 2 * c, 2, stride=2)
-        self.dec1 = _block(conv, 2 * c, 2 * c, 1)
+        self.dec1 = _block(conv, 2 * c, 2 * c, 1, negative_slope=ns)
         self.up0 = up(2 * c, c, 2, stride=2)
-        self.dec0 = _block(conv, c, c, 1)
+        self.dec0 = _block(conv, c, c, 1, negative_slope=ns)
         self.head = conv(c, 1, 3, padding=1)
         nn.init.zeros_(self.head.weight)  # start as identity
         nn.init.zeros_(self.head.bias)
