@@ -89,7 +89,8 @@ def _farthest_influence(net: torch.nn.Module, shape: tuple[int, ...], centre: tu
 def test_denoiser_shapes_identity_start_and_halo() -> None:
     net = Denoiser(channels=4, spatial_dims=3).eval()
     x = torch.rand(1, 1, 9, 10, 11)  # not multiples of 4: padded inside, cropped back
-    assert torch.equal(net(x), x)
+    with torch.no_grad():
+        assert net(x).shape == x.shape and 0 < float((net(x) - x).abs().max()) < 0.05  # near identity, not at it
     assert net.halo == 24 and net.halo % 4 == 0 and net.scale_factors == (1, 1, 1)
     net2d = _randomise(Denoiser(channels=2, spatial_dims=2))
     # the receptive field depends on the position relative to the 4-voxel grid: the halo covers every phase

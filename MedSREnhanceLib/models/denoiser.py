@@ -42,7 +42,9 @@ class Denoiser(nn.Module):
         self.up0 = up(2 * c, c, 2, stride=2)
         self.dec0 = _block(conv, c, c, 1, negative_slope=ns)
         self.head = conv(c, 1, 3, padding=1)
-        nn.init.zeros_(self.head.weight)  # start as identity
+        # Start near the identity but not at it: a zero head gives every other layer zero gradient at first, and
+        # Adam's normalised steps then drift biases negative (dead ReLUs). A 1e-2 head learned ~2x faster.
+        nn.init.normal_(self.head.weight, 0.0, 1e-2)
         nn.init.zeros_(self.head.bias)
         self.clamp_min = clamp_min
         self.spatial_dims = spatial_dims
