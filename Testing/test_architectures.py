@@ -104,11 +104,13 @@ def test_denoiser_shapes_identity_start_and_halo() -> None:
     assert leaky.state_dict().keys() == net.state_dict().keys()  # same weights layout either way
 
 
-def test_denoiser_tiles_agree_with_the_whole_volume() -> None:
-    """A U-Net is shift-equivariant only by multiples of 4: tile cores and halos on that grid keep tiles exact."""
+@pytest.mark.parametrize("ensemble", [1, 8])
+def test_denoiser_tiles_agree_with_the_whole_volume(ensemble: int) -> None:
+    """A U-Net is shift-equivariant only by multiples of 4: tile cores and halos on that grid keep tiles exact,
+    with and without the flip self-ensemble (flips act on the padded block, which stays on the grid)."""
     from MedSREnhanceLib.inference import tiled_apply
 
-    net = _randomise(Denoiser(channels=2, spatial_dims=3))
+    net = _randomise(Denoiser(channels=2, spatial_dims=3, ensemble=ensemble))
     for p in net.parameters():
         p.data.mul_(0.5)  # keep activations moderate so the comparison is meaningful in float32
     vol = torch.rand(46, 53, 40).numpy()
@@ -142,3 +144,15 @@ def test_srnet_self_ensemble_is_flip_equivariant_and_keeps_the_halo() -> None:
     _receptive_radius_ok(net, (13, 13, 13), 2)
     with pytest.raises(ValueError):
         SRNet(scale=2, spatial_dims=2, ensemble=8)
+
+
+def test_denoiser_self_ensemble_is_flip_equivariant() -> None:
+    net = _randomise(Denoiser(channels=2, spatial_dims=3, ensemble=8))
+    x = torch.rand(1, 1, 12, 16, 8)  # multiples of 4: flipping keeps the grid phase
+    with torch.no_grad():
+        y = net(x)
+        assert torch.allclose(net(x.flip(3)), y.flip(3), atol=1e-5)
+        single = _randomise(Denoiser(channels=2, spatial_dims=3))
+        assert not torch.allclose(single(x.flip(3)), single(x).flip(3), atol=1e-5)  # one pass alone is not
+    with pytest.raises(ValueError):
+        Denoiser(spatial_dims=2, ensemble=8)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ensemble import flip_ensemble
+
 
 def _block(conv: type[nn.Module], c_in: int, c_out: int, n: int, stride: int = 1,
            negative_slope: float = 0.0) -> nn.Sequential:
@@ -27,7 +29,7 @@ def _block(conv: type[nn.Module], c_in: int, c_out: int, n: int, stride: int = 1
 
 class Denoiser(nn.Module):
     def __init__(self, channels: int = 16, spatial_dims: int = 3, clamp_min: float | None = None,
-                 negative_slope: float = 0.0) -> None:
+                 negative_slope: float = 0.0, ensemble: int = 1) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError("spatial_dims must be 2 or 3")
@@ -47,6 +49,9 @@ class Denoiser(nn.Module):
         nn.init.normal_(self.head.weight, 0.0, 1e-2)
         nn.init.zeros_(self.head.bias)
         self.clamp_min = clamp_min
+        if not 1 <= ensemble <= 2**spatial_dims:
+            raise ValueError(f"ensemble must be in 1..{2**spatial_dims}")
+        self.ensemble = ensemble  # > 1: mean over flipped inputs at inference (costs that many passes)
         self.spatial_dims = spatial_dims
         self.halo: int = 24  # receptive-field radius is 19-22 by phase (tested); rounded up to a multiple of 4
         self.scale_factors: tuple[int, ...] = (1,) * spatial_dims
@@ -58,12 +63,18 @@ class Denoiser(nn.Module):
         for n in reversed(size):  # F.pad order: last dim first, (before, after)
             pad += [0, (-n) % 4]
         xp = F.pad(x, pad, mode="replicate") if any(pad) else x
-        e0 = self.enc0(xp)
-        e1 = self.enc1(e0)
-        d1 = self.dec1(self.up1(self.mid(e1)) + e1)
-        d0 = self.dec0(self.up0(d1) + e0)
-        noise = self.head(d0)[(...,) + tuple(slice(0, n) for n in size)]
-        out = x - noise
+        # padded first, so flipped copies stay on the 4-voxel grid and tiles still match the whole volume
+        if self.ensemble > 1 and not self.training:
+            noise = flip_ensemble(self._noise, xp, self.ensemble, self.spatial_dims)
+        else:
+            noise = self._noise(xp)
+        out = x - noise[(...,) + tuple(slice(0, n) for n in size)]
         if self.clamp_min is not None:
             out = out.clamp_min(self.clamp_min)
         return out
+
+    def _noise(self, xp: torch.Tensor) -> torch.Tensor:
+        e0 = self.enc0(xp)
+        e1 = self.enc1(e0)
+        d1 = self.dec1(self.up1(self.mid(e1)) + e1)
+        return self.head(self.dec0(self.up0(d1) + e0))

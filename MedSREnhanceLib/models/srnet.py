@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ensemble import flip_ensemble
+
 
 def pixel_shuffle_nd(x: torch.Tensor, scale: int, spatial_dims: int) -> torch.Tensor:
     """(N, C*s^d, *S) -> (N, C, *(s*S)); sub-voxel offsets ordered like torch.nn.PixelShuffle in 2D."""
@@ -37,9 +39,6 @@ class ResBlock(nn.Module):
 class SRNet(nn.Module):
     """EDSR-style body at LR (``blocks`` residual blocks of ``channels``), pixel shuffle to ``scale``."""
 
-    # flip sets for the self-ensemble, ordered so that the first n are the most diverse
-    FLIPS_3D: tuple[tuple[int, ...], ...] = ((), (2, 3, 4), (2,), (3, 4), (3,), (2, 4), (4,), (2, 3))
-
     def __init__(self, scale: int = 2, channels: int = 32, blocks: int = 3, spatial_dims: int = 3,
                  res_scale: float = 0.5, ensemble: int = 1) -> None:
         super().__init__()
@@ -66,13 +65,7 @@ class SRNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ensemble == 1 or self.training:
             return self._forward(x)
-        flips = [tuple(d for d in f if d < 2 + self.spatial_dims) for f in self.FLIPS_3D]
-        flips = list(dict.fromkeys(flips))[: self.ensemble]
-        out = torch.zeros(())
-        for f in flips:
-            y = self._forward(x.flip(f) if f else x)
-            out = out + (y.flip(f) if f else y)
-        return out / len(flips)
+        return flip_ensemble(self._forward, x, self.ensemble, self.spatial_dims)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = "trilinear" if self.spatial_dims == 3 else "bilinear"

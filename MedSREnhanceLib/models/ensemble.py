@@ -1,0 +1,23 @@
+"""Geometric self-ensemble shared by the architectures: average a network over flipped copies of its input."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+# flip sets (tensor dims of a (N, C, D, H, W) input), ordered so that the first n are the most diverse
+FLIPS_3D: tuple[tuple[int, ...], ...] = ((), (2, 3, 4), (2,), (3, 4), (3,), (2, 4), (4,), (2, 3))
+
+
+def flip_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int,
+                  spatial_dims: int) -> torch.Tensor:
+    """Mean of ``flip(fn(flip(x)))`` over the first ``n`` distinct flip sets. Valid for any network whose output
+    grid flips with its input grid (same-grid denoisers, extent-preserving upsamplers)."""
+    if not 1 <= n <= 2**spatial_dims:
+        raise ValueError(f"ensemble must be in 1..{2**spatial_dims}")
+    flips = list(dict.fromkeys(tuple(d for d in f if d < 2 + spatial_dims) for f in FLIPS_3D))[:n]
+    out = torch.zeros(())
+    for f in flips:
+        y = fn(x.flip(f) if f else x)
+        out = out + (y.flip(f) if f else y)
+    return out / len(flips)
