@@ -9,12 +9,18 @@ import torch
 FLIPS_3D: tuple[tuple[int, ...], ...] = ((), (2, 3, 4), (2,), (3, 4), (3,), (2, 4), (4,), (2, 3))
 
 
+def check_ensemble(n: int, spatial_dims: int) -> int:
+    """``n`` if it is a valid ensemble size for ``spatial_dims`` (one pass per distinct flip set)."""
+    if not 1 <= n <= 2**spatial_dims:
+        raise ValueError(f"ensemble must be in 1..{2**spatial_dims}")
+    return n
+
+
 def flip_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int,
                   spatial_dims: int) -> torch.Tensor:
     """Mean of ``flip(fn(flip(x)))`` over the first ``n`` distinct flip sets. Valid for any network whose output
     grid flips with its input grid (same-grid denoisers, extent-preserving upsamplers)."""
-    if not 1 <= n <= 2**spatial_dims:
-        raise ValueError(f"ensemble must be in 1..{2**spatial_dims}")
+    check_ensemble(n, spatial_dims)
     flips = list(dict.fromkeys(tuple(d for d in f if d < 2 + spatial_dims) for f in FLIPS_3D))[:n]
     out = torch.zeros(())
     for f in flips:

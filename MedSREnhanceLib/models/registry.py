@@ -65,26 +65,21 @@ CLASSICAL: tuple[ModelSpec, ...] = (
               method="nlmeans", params={"h_factor": 0.8, "patch_size": 3, "patch_distance": 4}),
 )
 
+def _mr_sr(scale: int, sha256: str) -> ModelSpec:
+    """The isotropic MR SR models differ only in their factor (one net per scale, same architecture)."""
+    return ModelSpec(f"mr-sr-x{scale}", "sr", "learned", ("mr",),
+                     f"MR isotropic super-resolution x{scale} (3D EDSR-style net on the LR grid, pixel shuffle)",
+                     arch="srnet", builder="SRNet",
+                     kwargs={"scale": scale, "channels": 32, "blocks": 3, "spatial_dims": 3, "ensemble": 8},
+                     weights=f"mr-sr-x{scale}.pt", sha256=sha256, card=f"mr-sr-x{scale}.json", normalisation="mr",
+                     scale_mode="isotropic", scales=(float(scale),))
+
+
 # Learned models: filled in as they are trained (see weights/*.json for each card).
 LEARNED: tuple[ModelSpec, ...] = (
-    ModelSpec("mr-sr-x2", "sr", "learned", ("mr",),
-              "MR isotropic super-resolution x2 (3D EDSR-style net on the LR grid, pixel shuffle)",
-              arch="srnet", builder="SRNet", kwargs={"scale": 2, "channels": 32, "blocks": 3, "spatial_dims": 3, "ensemble": 8},
-              weights="mr-sr-x2.pt",
-              sha256="ce4fcc2d0b231d4671b610ec793979bbc52548f84560be4750f796f9c5f262c5",
-              card="mr-sr-x2.json", normalisation="mr", scale_mode="isotropic", scales=(2.0,),),
-    ModelSpec("mr-sr-x3", "sr", "learned", ("mr",),
-              "MR isotropic super-resolution x3 (3D EDSR-style net on the LR grid, pixel shuffle)",
-              arch="srnet", builder="SRNet", kwargs={"scale": 3, "channels": 32, "blocks": 3, "spatial_dims": 3, "ensemble": 8},
-              weights="mr-sr-x3.pt",
-              sha256="f239390ab99f54e9a5afd439725b4dc0b087536389023f32bda0479a12fe75fb",
-              card="mr-sr-x3.json", normalisation="mr", scale_mode="isotropic", scales=(3.0,),),
-    ModelSpec("mr-sr-x4", "sr", "learned", ("mr",),
-              "MR isotropic super-resolution x4 (3D EDSR-style net on the LR grid, pixel shuffle)",
-              arch="srnet", builder="SRNet", kwargs={"scale": 4, "channels": 32, "blocks": 3, "spatial_dims": 3, "ensemble": 8},
-              weights="mr-sr-x4.pt",
-              sha256="1e31a19efab9ec924c3db9c3a6a0bd791b1d5f54309fa7ac40b3f4232dd5a90f",
-              card="mr-sr-x4.json", normalisation="mr", scale_mode="isotropic", scales=(4.0,),),
+    _mr_sr(2, "ce4fcc2d0b231d4671b610ec793979bbc52548f84560be4750f796f9c5f262c5"),
+    _mr_sr(3, "f239390ab99f54e9a5afd439725b4dc0b087536389023f32bda0479a12fe75fb"),
+    _mr_sr(4, "1e31a19efab9ec924c3db9c3a6a0bd791b1d5f54309fa7ac40b3f4232dd5a90f"),
     ModelSpec("mr-throughplane", "sr", "learned", ("mr",),
               "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
               arch="throughplane", builder="ThroughPlaneNet", kwargs={"channels": 32, "dilations": (1, 1, 1, 1, 1, 1, 1), "spatial_dims": 3},

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ensemble import flip_ensemble
+from .ensemble import check_ensemble, flip_ensemble
 
 
 def pixel_shuffle_nd(x: torch.Tensor, scale: int, spatial_dims: int) -> torch.Tensor:
@@ -56,9 +56,7 @@ class SRNet(nn.Module):
         # every 3x3 conv widens the receptive field by one LR voxel; the trilinear skip needs one more
         # ensemble > 1: average the outputs over flipped copies of the input (geometric self-ensemble). Flipping
         # the LR grid flips the extent-preserving HR grid exactly, and the receptive field (halo) is unchanged.
-        if not 1 <= ensemble <= 2**spatial_dims:
-            raise ValueError(f"ensemble must be in 1..{2**spatial_dims}")
-        self.ensemble = ensemble
+        self.ensemble = check_ensemble(ensemble, spatial_dims)
         self.halo: int = 2 * blocks + 3
         self.scale_factors: tuple[int, ...] = (self.scale,) * spatial_dims
 
