@@ -88,7 +88,7 @@ class TrainConfig:
     batch: int = 4
     lr: float = 1e-3
     lr_final_fraction: float = 0.05  # cosine decay to this fraction of lr
-    warmup_steps: int = 0  # linear lr warm-up (keeps early Adam steps from killing ReLUs behind a zero head)
+    warmup_steps: int = 0  # linear lr warm-up: small first Adam steps while the output is still near the identity
     ssim_weight: float = 0.2
     seed: int = 0
     threads: int = 1
@@ -682,10 +682,6 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     logger.info("wrote %s and %s", weights_path, card_path)
     return weights_path
-
-
-def main(config_path: str, resume: bool = False) -> Path:
-    return run_training(config_path, resume=resume)
 
 
 if __name__ == "__main__":
