@@ -79,7 +79,7 @@ def _mr_sr(scale: int, sha256: str) -> ModelSpec:
 LEARNED: tuple[ModelSpec, ...] = (
     _mr_sr(2, "ce4fcc2d0b231d4671b610ec793979bbc52548f84560be4750f796f9c5f262c5"),
     _mr_sr(3, "f239390ab99f54e9a5afd439725b4dc0b087536389023f32bda0479a12fe75fb"),
-    _mr_sr(4, "6085eb9ca72d1a52753bf230162c5a1ea2997b69ceb56cd6a69c1fdebcef92dd"),
+    _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd"),
     ModelSpec("mr-throughplane", "sr", "learned", ("mr",),
               "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
               arch="throughplane", builder="ThroughPlaneNet", kwargs={"channels": 32, "dilations": (1, 1, 1, 1, 1, 1, 1), "spatial_dims": 3},
