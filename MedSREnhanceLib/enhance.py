@@ -150,7 +150,7 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
     else:
         raise ValueError(f"model {spec.name} has an unknown scale mode {spec.scale_mode!r}")
     ctx["device_used"] = str(used)
-    if spec.normalisation == "mr" and float(volume.array.min()) >= 0:
+    if spec.normalisation.startswith("mr") and float(volume.array.min()) >= 0:
         result = result.with_array(np.maximum(result.array, 0))  # magnitude images stay non-negative
     return result
 

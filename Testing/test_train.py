@@ -125,6 +125,21 @@ def test_same_seed_same_weights_and_resume(tmp_path: Path, data_root: Path) -> N
     assert card["training"]["steps"] == 3
 
 
+def test_bf16_training_with_noise_normalisation(tmp_path: Path, data_root: Path) -> None:
+    """The MR denoiser's recipe: noise-level normalisation and bf16 autocast, recorded in the card."""
+    cfg = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]")
+    text = cfg.read_text().replace("patch = 12", 'patch = 12\nnormalisation = "mr-noise"')
+    cfg.write_text(text.replace("steps = 2", 'steps = 2\nprecision = "bf16"'))
+    weights = train.run_training(str(cfg), quiet=True)
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["normalisation"] == "mr-noise" and card["training"]["precision"] == "bf16"
+    state = torch.load(weights, weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state.values())  # fp32 master weights are what ships
+    cfg.write_text(text.replace("steps = 2", 'steps = 2\nprecision = "fp16"'))
+    with pytest.raises(ValueError, match="precision"):
+        train.run_training(str(cfg), quiet=True)
+
+
 def test_config_errors(tmp_path: Path, data_root: Path) -> None:
     cfg = _write_config(tmp_path, data_root, "sr", SR_MODEL, '["mr_a"]', "scael = 2")
     with pytest.raises(ValueError, match="scael"):
