@@ -62,11 +62,16 @@ def _parameter_annotations() -> dict[str, str]:
     raise AssertionError("MedSREnhanceParameterNode not found")
 
 
+def _intermediate(path: Path) -> bool:
+    """Weights of a training stage that a later stage starts from: git-ignored and never packaged."""
+    return path.parent.name == "weights" and any(tag in path.name for tag in ("-base.", "-stage2."))
+
+
 def _files(base: Path, patterns: tuple[str, ...]) -> list[str]:
     found = set()
     for pattern in patterns:
         for p in base.glob(pattern):
-            if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p):
+            if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p) and not _intermediate(p):
                 found.add(p)
     return sorted(str(p.relative_to(base)).replace("\\", "/") for p in found)
 

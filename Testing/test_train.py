@@ -129,7 +129,7 @@ def test_bf16_training_with_noise_normalisation(tmp_path: Path, data_root: Path)
     """The MR denoiser's recipe: noise-level normalisation and bf16 autocast, recorded in the card."""
     cfg = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]")
     text = cfg.read_text().replace("patch = 12", 'patch = 12\nnormalisation = "mr-noise"')
-    cfg.write_text(text.replace("steps = 2", 'steps = 2\nprecision = "bf16"'))
+    cfg.write_text(text.replace("steps = 2", 'steps = 2\nprecision = "bf16"\ngrad_clip = 1.0'))
     weights = train.run_training(str(cfg), quiet=True)
     card = json.loads(weights.with_suffix(".json").read_text())
     assert card["normalisation"] == "mr-noise" and card["training"]["precision"] == "bf16"
