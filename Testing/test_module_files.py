@@ -64,7 +64,7 @@ def _parameter_annotations() -> dict[str, str]:
 
 def _intermediate(path: Path) -> bool:
     """Weights of a training stage that a later stage starts from: git-ignored and never packaged."""
-    return path.parent.name == "weights" and any(tag in path.name for tag in ("-base.", "-stage2."))
+    return path.parent.name == "weights" and re.search(r"-(base|stage\d)\.", path.name) is not None
 
 
 def _files(base: Path, patterns: tuple[str, ...]) -> list[str]:

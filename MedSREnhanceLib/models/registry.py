@@ -86,6 +86,12 @@ LEARNED: tuple[ModelSpec, ...] = (
               weights="mr-throughplane.pt",
               sha256="9f47d28b7bed1caf8ea4a712177af886523adcfbdffb6e82416639c34700a383",
               card="mr-throughplane.json", normalisation="mr", scale_mode="axis", scale_min=2.0, scale_max=6.0,),
+    ModelSpec("ct-denoise", "denoise", "learned", ("ct",),
+              "Low-dose CT denoising, 1e4-1e5 photons per ray (3D residual U-Net)",
+              arch="denoiser", builder="Denoiser",
+              kwargs={"channels": 16, "spatial_dims": 3, "negative_slope": 0.1, "ensemble": 8},
+              weights="ct-denoise.pt", sha256="88bc6d48e899544a3120328d4620fe260d9682d2248f710786c0e4815c720d48",
+              card="ct-denoise.json", normalisation="ct"),
 )
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in CLASSICAL + LEARNED}
