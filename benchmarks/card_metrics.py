@@ -40,10 +40,17 @@ def card_entries(results: dict[str, Any], model: str, sha256: str) -> dict[str, 
             "volume": res["volume"], "held_out": row.get("held_out", True), "seen_in": row.get("seen_in"),
             "crop_zyx": res["crop"]["size_zyx"], "ours": row["metrics"], "ours_seconds": row["seconds"],
             "best_baseline": res["verdicts"]["best_baseline"], "verdict": verdict})
-    for entry in entries.values():
+    out: dict[str, Any] = {}
+    for case, entry in entries.items():
         held = [v for v in entry["per_volume"] if v["held_out"]]
-        entry["passes_bar_on_every_held_out_volume"] = bool(held) and all(v["verdict"]["passes_bar"] for v in held)
-    return entries
+        gains = [g for v in held for g in v["verdict"]["gain_db"].values()]
+        # the headline numbers first: the Slicer panel and `medsr models` show a card's first metrics
+        out[case] = {"held_out_gain_db_min": round(min(gains), 2) if gains else None,
+                     "held_out_gain_db_max": round(max(gains), 2) if gains else None,
+                     "passes_bar_on_every_held_out_volume": bool(held) and all(v["verdict"]["passes_bar"]
+                                                                                 for v in held),
+                     **entry}
+    return out
 
 
 def main() -> int:
