@@ -78,7 +78,7 @@ def _mr_sr(scale: int, sha256: str) -> ModelSpec:
 # Learned models: filled in as they are trained (see weights/*.json for each card).
 LEARNED: tuple[ModelSpec, ...] = (
     _mr_sr(2, "794560759acb188e021c9891a495a1b3617d682fd071173d2095e98de8e97bb8"),
-    _mr_sr(3, "f239390ab99f54e9a5afd439725b4dc0b087536389023f32bda0479a12fe75fb"),
+    _mr_sr(3, "7cd5521d4b2e2cca736a8137348b06df1821a758d0a5296462f8c54d29cbf8dc"),
     _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd"),
     ModelSpec("mr-throughplane", "sr", "learned", ("mr",),
               "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
