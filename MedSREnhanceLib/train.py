@@ -98,8 +98,8 @@ class TrainConfig:
     val_every: int = 200
     run_dir: str = "../runs"  # checkpoints (outside the repo)
     out_dir: str = ""  # default: MedSREnhanceLib/weights
-    # "bf16": CPU/GPU autocast for forward and backward (fp32 master weights and loss). On this AMX CPU a denoiser
-    # step took 0.34 s in bf16 vs 0.85 s in fp32 (/tmp/amx_test.py, 1 thread); without AMX bf16 is far slower.
+    # "bf16": CPU autocast for the forward pass (fp32 master weights and loss). On an AMX CPU a denoiser step took
+    # 0.34 s in bf16 vs 0.85 s in fp32 (batch 4, 1 thread); without AMX bf16 was ~20x slower (README).
     precision: str = "fp32"
     grad_clip: float = 0.0  # > 0: clip the gradient norm (a bf16 MR denoiser run at lr 1e-3 spiked to 25x its loss)
 
@@ -137,6 +137,8 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
         degrade=_build(DegradeConfig, raw.get("degrade", {}), "degrade"),
         train=_build(TrainConfig, raw.get("train", {}), "train"),
     )
+    if cfg.train.precision not in ("fp32", "bf16"):  # before any data is loaded or simulated
+        raise ValueError(f"[train] precision must be fp32 or bf16, not {cfg.train.precision!r}")
     if data_root:
         cfg.data.data_root = str(Path(data_root).resolve())
     cfg.data.data_root, cfg.data.cache_dir = _from_repo(cfg.data.data_root), _from_repo(cfg.data.cache_dir)
@@ -613,8 +615,6 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
         mse = float(F.mse_loss(pred, val_batch[1]))
         return 10 * math.log10(1.0 / max(mse, 1e-12))
 
-    if tc.precision not in ("fp32", "bf16"):
-        raise ValueError(f"[train] precision must be fp32 or bf16, not {tc.precision!r}")
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     t_start = time.time()
     last_ckpt = t_start

@@ -75,6 +75,15 @@ def _mr_sr(scale: int, sha256: str) -> ModelSpec:
                      scale_mode="isotropic", scales=(float(scale),))
 
 
+def _denoiser(modality: str, summary: str, sha256: str, normalisation: str) -> ModelSpec:
+    """The MR and CT denoisers share one architecture and size; weights and normalisation differ."""
+    return ModelSpec(f"{modality}-denoise", "denoise", "learned", (modality,), summary,
+                     arch="denoiser", builder="Denoiser",
+                     kwargs={"channels": 16, "spatial_dims": 3, "negative_slope": 0.1, "ensemble": 8},
+                     weights=f"{modality}-denoise.pt", sha256=sha256, card=f"{modality}-denoise.json",
+                     normalisation=normalisation)
+
+
 # Learned models: filled in as they are trained (see weights/*.json for each card).
 LEARNED: tuple[ModelSpec, ...] = (
     _mr_sr(2, "794560759acb188e021c9891a495a1b3617d682fd071173d2095e98de8e97bb8"),
@@ -86,18 +95,10 @@ LEARNED: tuple[ModelSpec, ...] = (
               weights="mr-throughplane.pt",
               sha256="9f47d28b7bed1caf8ea4a712177af886523adcfbdffb6e82416639c34700a383",
               card="mr-throughplane.json", normalisation="mr", scale_mode="axis", scale_min=2.0, scale_max=6.0,),
-    ModelSpec("mr-denoise", "denoise", "learned", ("mr",),
-              "MR denoising, Rician noise 2-10% (3D residual U-Net on noise-level-normalised input)",
-              arch="denoiser", builder="Denoiser",
-              kwargs={"channels": 16, "spatial_dims": 3, "negative_slope": 0.1, "ensemble": 8},
-              weights="mr-denoise.pt", sha256="34b7ec11277307e4746dd08b49a281886fb19945337068ab5f9e8ec037462597",
-              card="mr-denoise.json", normalisation="mr-noise"),
-    ModelSpec("ct-denoise", "denoise", "learned", ("ct",),
-              "Low-dose CT denoising, 1e4-1e5 photons per ray (3D residual U-Net)",
-              arch="denoiser", builder="Denoiser",
-              kwargs={"channels": 16, "spatial_dims": 3, "negative_slope": 0.1, "ensemble": 8},
-              weights="ct-denoise.pt", sha256="88bc6d48e899544a3120328d4620fe260d9682d2248f710786c0e4815c720d48",
-              card="ct-denoise.json", normalisation="ct"),
+    _denoiser("mr", "MR denoising, Rician noise 2-10% (3D residual U-Net on noise-level-normalised input)",
+              "34b7ec11277307e4746dd08b49a281886fb19945337068ab5f9e8ec037462597", normalisation="mr-noise"),
+    _denoiser("ct", "Low-dose CT denoising, 1e4-1e5 photons per ray (3D residual U-Net)",
+              "88bc6d48e899544a3120328d4620fe260d9682d2248f710786c0e4815c720d48", normalisation="ct"),
 )
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in CLASSICAL + LEARNED}
