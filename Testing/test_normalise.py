@@ -46,3 +46,41 @@ def test_mr_noise_normalisation_fixes_the_noise_std_and_inverts() -> None:
                                             / normalise.NOISE_REF, rel=1e-6)
     with pytest.raises(ValueError, match="unknown normalisation"):
         normalise.forward(clean, "mri")
+
+
+def _thorax(shape: tuple[int, int, int] = (20, 64, 64)) -> np.ndarray:
+    """A CT 'thorax' in HU: air, a soft-tissue body with a smooth contrast, two lungs with vessels, a spine."""
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    hu = np.full(shape, -1000.0)
+    body = (x**2 / 0.8 + y**2 / 0.5) < 1
+    hu[body] = 40.0 + 30.0 * np.sin(3 * x[body])
+    for cx in (-0.45, 0.45):
+        lung = ((x - cx) ** 2 / 0.08 + y**2 / 0.2) < 1
+        hu[lung] = -850.0 + 600.0 * (np.sin(25 * x[lung]) * np.sin(23 * y[lung] + 4 * z[lung]) > 0.9)
+    hu[((x**2 + (y - 0.45) ** 2) < 0.02)] = 700.0
+    return hu.astype(np.float32)
+
+
+@pytest.mark.parametrize("sigma", [10.0, 30.0, 80.0])
+def test_ct_noise_sigma_measures_the_noise_in_soft_tissue(sigma: float) -> None:
+    clean = _thorax()
+    noisy = clean + np.random.default_rng(4).normal(0, sigma, clean.shape).astype(np.float32)
+    assert normalise.ct_noise_sigma(noisy) == pytest.approx(sigma, rel=0.1)
+    assert normalise.ct_noise_sigma(clean) < 0.1 * 10.0  # lung edges, vessels and bone are not noise
+
+
+def test_ct_noise_normalisation_sets_the_noise_std_and_inverts() -> None:
+    clean = _thorax()
+    for sigma in (15.0, 60.0):
+        noisy = clean + np.random.default_rng(5).normal(0, sigma, clean.shape).astype(np.float32)
+        out, params = normalise.forward(noisy, "ct-noise")
+        plain, _ = normalise.forward(noisy, "ct")
+        # the "ct" scale with a gain: the true noise has std CT_NOISE_REF_HU / CT_SCALE in model units
+        noise = out - (clean + normalise.CT_OFFSET) / params["scale"]
+        assert float(noise.std()) == pytest.approx(normalise.CT_NOISE_REF_HU / normalise.CT_SCALE, rel=0.1)
+        np.testing.assert_allclose(out, plain * normalise.CT_NOISE_REF_HU / normalise.ct_noise_sigma(noisy), rtol=1e-5)
+        np.testing.assert_allclose(normalise.inverse(out, params), noisy, rtol=1e-5, atol=2e-2)
+    # a noise-free input is clamped to the lowest noise level
+    _, params = normalise.forward(clean, "ct-noise")
+    lowest = normalise.CT_NOISE_RANGE_HU[0]
+    assert params["scale"] == pytest.approx(normalise.CT_SCALE * lowest / normalise.CT_NOISE_REF_HU)

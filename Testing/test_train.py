@@ -181,3 +181,52 @@ def test_learning_rate_warms_up_then_decays_by_cosine() -> None:
     assert lrs[2] == pytest.approx(train._lr_at(100, tc), rel=0.01)  # continuous at the end of warm-up
     assert lrs[3] > lrs[4] > lrs[5] == pytest.approx(0.05e-3)
     assert train._lr_at(0, train.TrainConfig(lr=1e-3)) == pytest.approx(1e-3)  # no warm-up by default
+
+
+def test_config_refuses_options_its_task_does_not_read(tmp_path: Path, data_root: Path) -> None:
+    cases = [("sr", SR_MODEL, 'normalisation = "mr-noise"', "", "normalisation"),
+             ("denoise-ct", DN_MODEL, 'normalisation = "mr-noise"', "", "normalisation"),
+             ("throughplane", TP_MODEL, "", "downsample_range = [1.0, 1.5]", "downsample_range"),
+             ("denoise-mr", DN_MODEL, "", "downsample_range = [0.5, 1.5]", "downsample_range"),
+             ("denoise-mr", DN_MODEL, "", "downsample_range = [1.5]", "downsample_range")]
+    for task, model, data_line, degrade_line, match in cases:
+        cfg = _write_config(tmp_path, data_root, task, model, '["mr_a"]', degrade_line)
+        cfg.write_text(cfg.read_text().replace("patch = 12", f"patch = 12\n{data_line}"))
+        with pytest.raises(ValueError, match=match):
+            train.load_config(cfg)
+
+
+def test_mr_denoise_source_downsamples_the_training_volumes(tmp_path: Path, data_root: Path) -> None:
+    cfg = train.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',
+                                          "noise_range = [0.02, 0.1]\ndownsample_range = [1.5, 1.5]"))
+    src = train.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0))
+    (x, y, w), (xz, yz, _) = src.items  # the volume and its z-scored copy
+    assert x.shape == y.shape == xz.shape == (14, 17, 17)  # (21, 26, 25) / 1.5, rounded
+    assert w.shape == tuple((n + 1) // 2 for n in x.shape)  # sampling weights of the downsampled grid
+    a, b = src.sample()
+    assert a.shape == b.shape == (12, 12, 12)
+
+
+def test_ct_noise_source_scales_every_dose_to_the_reference_noise(tmp_path: Path, data_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With "ct-noise" each pair carries the gain inference would apply: the same noise std at every dose."""
+    from MedSREnhanceLib import normalise
+
+    rng = np.random.default_rng(0)
+    ref = np.where(np.arange(40)[None, None, :] < 4, -1000.0, 40.0) * np.ones((16, 40, 40))
+    field_1e4 = rng.normal(0.0, 60.0, ref.shape)  # the cached noisy-minus-reference field at 1e4 photons
+    monkeypatch.setattr(train, "ct_pairs_cached", lambda cfg, vol, vid: (ref, [(1e4, field_1e4)]))
+    cfg = train.load_config(_write_config(tmp_path, data_root, "denoise-ct", DN_MODEL, '["ct_a"]',
+                                          "photons_range = [5e3, 5e5]"))
+    cfg.data.normalisation = "ct-noise"
+    src = train.CTDenoiseSource(cfg, ["ct_a"], np.random.default_rng(1))
+    stds = []
+    for _ in range(6):
+        x, y = src.sample()
+        inside = y > 0.5 * float(y.max())  # soft tissue, not the air strip
+        stds.append(float((x - y)[inside].std()))
+    assert np.allclose(stds, normalise.CT_NOISE_REF_HU / normalise.CT_SCALE, rtol=0.15)
+    cfg.data.normalisation = "ct"  # dose-blind: the noise std follows the dose (60 HU at 1e4 photons)
+    src = train.CTDenoiseSource(cfg, ["ct_a"], np.random.default_rng(1))
+    stds = [float(np.std(np.subtract(*src.sample()))) for _ in range(6)]
+    assert max(stds) / min(stds) > 2.0
