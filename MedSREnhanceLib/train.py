@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from . import degrade, normalise
-from .normalise import forward as normalise_forward
-from .normalise import robust_max
+from .normalise import forward as normalise_forward, noise_sigma, robust_max
 from .resample import from_sitk, resample_scale
 from .volume import Volume
 
@@ -76,10 +75,13 @@ class DegradeConfig:
     profiles: list[str] = field(default_factory=lambda: ["gaussian", "rect"])
     noise_range: list[float] = field(default_factory=lambda: [0.0, 0.0])  # Rician level range
     noise_prob: float = 0.0  # probability of adding Rician noise to an input (SR robustness)
-    # MR denoising: k-space downsampling of each training volume by a factor drawn from this range per refresh.
-    # The targets carry their own noise (up to ~3 % on the stroke volumes); noise present in both input and target
-    # teaches the net to keep part of it. Truncating k-space by f lowers white noise by f^1.5 and packs more
-    # structure into each voxel (the look of sharper, cleaner scans). [1, 1]: off.
+    # MR denoising targets carry their own noise (~3 % of the robust maximum on the stroke volumes, by
+    # normalise.noise_sigma); noise present in both input and target teaches the net to keep part of it (it keeps
+    # s1^2 / (s1^2 + s2^2) of noise it cannot tell apart), which showed as residual noise in flat white matter.
+    # target_noise_max > 0: k-space-downsample each training volume (axes of >= 64 voxels) by the factor that
+    # brings its own noise to this level (n axes truncated by f lower white noise by f^(n/2)), times a factor
+    # drawn from downsample_range at every refresh (also packs more structure into each voxel).
+    target_noise_max: float = 0.0
     downsample_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
     photons_sim: list[float] = field(default_factory=lambda: [1e4])  # simulated photon counts (CT cache)
     photons_range: list[float] = field(default_factory=lambda: [1e4, 1e5])  # dose range drawn in training
@@ -152,8 +154,10 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
     if len(cfg.degrade.downsample_range) != 2 or not 1.0 <= lo <= hi:
         raise ValueError(f"[degrade] downsample_range must be [lo, hi] with 1 <= lo <= hi, "
                          f"not {cfg.degrade.downsample_range}")
-    if hi > 1.0 and cfg.data.task != "denoise-mr":
-        raise ValueError("[degrade] downsample_range is for task denoise-mr")
+    if (hi > 1.0 or cfg.degrade.target_noise_max != 0.0) and cfg.data.task != "denoise-mr":
+        raise ValueError("[degrade] downsample_range and target_noise_max are for task denoise-mr")
+    if cfg.degrade.target_noise_max < 0.0:
+        raise ValueError(f"[degrade] target_noise_max must be >= 0, not {cfg.degrade.target_noise_max}")
     if data_root:
         cfg.data.data_root = str(Path(data_root).resolve())
     cfg.data.data_root, cfg.data.cache_dir = _from_repo(cfg.data.data_root), _from_repo(cfg.data.cache_dir)
@@ -369,25 +373,45 @@ class ThroughPlaneSource(PairSource):
         return (x * gain).astype(np.float32), (y * gain).astype(np.float32)
 
 
+DOWNSAMPLE_MIN_AXIS = 64  # thinner axes (a few thick slices) are never downsampled
+
+
+def target_factors(shape_zyx: tuple[int, ...], level: float, noise_max: float, jitter: float) -> tuple[float, ...]:
+    """k-space truncation factors in index order (i, j, k) that bring a training target's own noise ``level``
+    down to ``noise_max`` (0: no such bound), times ``jitter``; axes under DOWNSAMPLE_MIN_AXIS voxels keep 1."""
+    axes = [n >= DOWNSAMPLE_MIN_AXIS for n in reversed(shape_zyx)]
+    n = sum(axes)
+    base = max(1.0, (level / noise_max) ** (2.0 / n)) if noise_max > 0 and n else 1.0
+    return tuple(base * jitter if a else 1.0 for a in axes)
+
+
 class MRDenoiseSource(PairSource):
     """Whole-volume Rician noise at a random level per refresh, normalised on the noisy volume as at inference."""
 
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
         super().__init__(cfg, ids, rng)
         self.bases = _mr_variants(self.vols, cfg.data.zscore_variants)
+        levels = [noise_sigma(v.array) / robust_max(v.array) for v in self.vols]  # the targets' own noise
+        self.levels = levels * (len(self.bases) // len(self.vols))  # z-scored copies share their volume's
         self.weights = [structure_weights(v.array / robust_max(v.array), 2) for v in self.bases]
         self.items: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.refresh()
 
     def refresh(self) -> None:
         self.items = []
-        lo, hi = self.cfg.degrade.downsample_range
-        for vol, w in zip(self.bases, self.weights):
-            factor = float(self.rng.uniform(lo, hi)) if hi > lo else lo
-            if factor > 1.0:
-                vol = degrade.kspace_truncation(vol, (factor,) * 3)
+        d = self.cfg.degrade
+        lo, hi = d.downsample_range
+        for vol, w, level in zip(self.bases, self.weights, self.levels):
+            factors = target_factors(vol.array.shape, level, d.target_noise_max,
+                                     float(self.rng.uniform(lo, hi)) if hi > lo else lo)
+            if max(factors) > 1.0:
+                magnitude = float(vol.array.min()) >= 0.0
+                vol = degrade.kspace_truncation(vol, factors)
+                if magnitude:  # truncation rings below 0 at skull-stripped edges; rician_noise would then treat
+                    # the volume as signed and skip the Rayleigh floor of the background (the net kept it)
+                    vol = vol.with_array(np.maximum(vol.array, 0.0))
                 w = structure_weights(vol.array / robust_max(vol.array), 2)
-            noisy, _ = degrade.random_rician_noise(vol, tuple(self.cfg.degrade.noise_range), self.rng)
+            noisy, _ = degrade.random_rician_noise(vol, tuple(d.noise_range), self.rng)
             x, params = normalise_forward(noisy.array, normalisation_of(self.cfg))
             self.items.append((x, (vol.array / params["scale"]).astype(np.float32), w))
 

@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MedSREnhanceLib import train
+from MedSREnhanceLib import degrade, train
+from MedSREnhanceLib.volume import Volume
 from MedSREnhanceLib.models.registry import sha256_of
 
 torch.set_num_threads(1)
@@ -188,7 +189,9 @@ def test_config_refuses_options_its_task_does_not_read(tmp_path: Path, data_root
              ("denoise-ct", DN_MODEL, 'normalisation = "mr-noise"', "", "normalisation"),
              ("throughplane", TP_MODEL, "", "downsample_range = [1.0, 1.5]", "downsample_range"),
              ("denoise-mr", DN_MODEL, "", "downsample_range = [0.5, 1.5]", "downsample_range"),
-             ("denoise-mr", DN_MODEL, "", "downsample_range = [1.5]", "downsample_range")]
+             ("denoise-mr", DN_MODEL, "", "downsample_range = [1.5]", "downsample_range"),
+             ("denoise-mr", DN_MODEL, "", "target_noise_max = -0.01", "target_noise_max"),
+             ("sr", SR_MODEL, "", "target_noise_max = 0.01", "target_noise_max")]
     for task, model, data_line, degrade_line, match in cases:
         cfg = _write_config(tmp_path, data_root, task, model, '["mr_a"]', degrade_line)
         cfg.write_text(cfg.read_text().replace("patch = 12", f"patch = 12\n{data_line}"))
@@ -196,15 +199,35 @@ def test_config_refuses_options_its_task_does_not_read(tmp_path: Path, data_root
             train.load_config(cfg)
 
 
-def test_mr_denoise_source_downsamples_the_training_volumes(tmp_path: Path, data_root: Path) -> None:
+def test_target_factors_bring_the_targets_own_noise_to_the_bound() -> None:
+    # three thick axes: 2.7 % -> 1 % needs 2.7^(2/3); thin axes (few slices) stay; clean volumes stay
+    assert train.target_factors((140, 160, 124), 0.027, 0.01, 1.0) == pytest.approx((2.7 ** (2 / 3),) * 3)
+    assert train.target_factors((19, 384, 384), 0.02, 0.01, 1.0) == pytest.approx((2.0, 2.0, 1.0))
+    assert train.target_factors((140, 160, 124), 0.005, 0.01, 1.0) == (1.0, 1.0, 1.0)
+    assert train.target_factors((140, 160, 124), 0.005, 0.0, 1.2) == pytest.approx((1.2, 1.2, 1.2))  # jitter only
+    assert train.target_factors((19, 30, 384), 0.02, 0.01, 1.1) == pytest.approx((4.4, 1.0, 1.0))  # i is x
+
+
+def test_mr_denoise_source_trains_on_cleaned_targets(tmp_path: Path, data_root: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "DOWNSAMPLE_MIN_AXIS", 8)  # the fixture volumes are small
     cfg = train.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',
-                                          "noise_range = [0.02, 0.1]\ndownsample_range = [1.5, 1.5]"))
+                                          "noise_range = [0.02, 0.1]\ntarget_noise_max = 0.004"))
     src = train.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0))
-    (x, y, w), (xz, yz, _) = src.items  # the volume and its z-scored copy
-    assert x.shape == y.shape == xz.shape == (14, 17, 17)  # (21, 26, 25) / 1.5, rounded
+    level = src.levels[0]
+    assert level == pytest.approx(0.02 * 100 / 140, rel=0.25)  # the phantom's own noise: std 2 at a peak ~140
+    (x, y, w), (xz, yz, _) = src.items  # the volume and its z-scored copy, downsampled alike
+    f = (level / 0.004) ** (2 / 3)
+    assert x.shape == y.shape == xz.shape == tuple(int(round(n / f)) for n in (21, 26, 25))
     assert w.shape == tuple((n + 1) // 2 for n in x.shape)  # sampling weights of the downsampled grid
-    a, b = src.sample()
-    assert a.shape == b.shape == (12, 12, 12)
+    # a magnitude volume stays >= 0 through the truncation's ringing, so its background gets the Rayleigh floor
+    background = y == 0
+    assert y.min() == 0.0 and background.mean() > 0.2 and x[background].mean() > 0.5 * 0.05
+    assert yz.min() < 0  # the z-scored copy stays signed
+    # the law target_factors relies on: k-space truncation by f on n axes lowers white noise by f^(n/2)
+    flat = Volume(100.0 + np.random.default_rng(0).normal(0.0, 2.7, (70, 80, 90)).astype(np.float32))
+    cleaned = degrade.kspace_truncation(flat, train.target_factors(flat.array.shape, 0.027, 0.01, 1.0))
+    assert train.noise_sigma(cleaned.array) / train.noise_sigma(flat.array) == pytest.approx(0.01 / 0.027, rel=0.1)
 
 
 def test_ct_noise_source_scales_every_dose_to_the_reference_noise(tmp_path: Path, data_root: Path,
