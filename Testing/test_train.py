@@ -191,7 +191,9 @@ def test_config_refuses_options_its_task_does_not_read(tmp_path: Path, data_root
              ("denoise-mr", DN_MODEL, "", "downsample_range = [0.5, 1.5]", "downsample_range"),
              ("denoise-mr", DN_MODEL, "", "downsample_range = [1.5]", "downsample_range"),
              ("denoise-mr", DN_MODEL, "", "target_noise_max = -0.01", "target_noise_max"),
-             ("sr", SR_MODEL, "", "target_noise_max = 0.01", "target_noise_max")]
+             ("sr", SR_MODEL, "", "target_noise_max = 0.01", "target_noise_max"),
+             ("denoise-mr", DN_MODEL, "", "shared_noise_hu = [0.0, 5.0]", "shared_noise_hu"),
+             ("denoise-ct", DN_MODEL, "", "shared_noise_hu = [5.0, 1.0]", "shared_noise_hu")]
     for task, model, data_line, degrade_line, match in cases:
         cfg = _write_config(tmp_path, data_root, task, model, '["mr_a"]', degrade_line)
         cfg.write_text(cfg.read_text().replace("patch = 12", f"patch = 12\n{data_line}"))
@@ -253,3 +255,18 @@ def test_ct_noise_source_scales_every_dose_to_the_reference_noise(tmp_path: Path
     src = train.CTDenoiseSource(cfg, ["ct_a"], np.random.default_rng(1))
     stds = [float(np.std(np.subtract(*src.sample()))) for _ in range(6)]
     assert max(stds) / min(stds) > 2.0
+
+
+def test_ct_source_shared_noise_texture_is_in_input_and_target(tmp_path: Path, data_root: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    ref = np.full((16, 40, 40), 40.0)
+    field_1e4 = rng.normal(0.0, 60.0, ref.shape)
+    monkeypatch.setattr(train, "ct_pairs_cached", lambda cfg, vol, vid: (ref, [(1e4, field_1e4)]))
+    cfg = train.load_config(_write_config(tmp_path, data_root, "denoise-ct", DN_MODEL, '["ct_a"]',
+                                          "photons_range = [1e4, 1e4]\nshared_noise_hu = [6.0, 6.0]"))
+    src = train.CTDenoiseSource(cfg, ["ct_a"], np.random.default_rng(1))
+    x, y = src.sample()
+    assert float(y.std()) == pytest.approx(6.0 / 1000.0, rel=0.1)  # the flat reference now carries 6 HU texture
+    assert float((x - y).std()) == pytest.approx(60.0 / 1000.0, rel=0.1)  # plus the dose's own noise
+    assert float(np.corrcoef((x - y).ravel(), (y - y.mean()).ravel())[0, 1]) == pytest.approx(0.0, abs=0.05)
