@@ -97,8 +97,9 @@ LEARNED: tuple[ModelSpec, ...] = (
               card="mr-throughplane.json", normalisation="mr", scale_mode="axis", scale_min=2.0, scale_max=6.0,),
     _denoiser("mr", "MR denoising, Rician noise 2-10% (3D residual U-Net on noise-level-normalised input)",
               "34b7ec11277307e4746dd08b49a281886fb19945337068ab5f9e8ec037462597", normalisation="mr-noise"),
-    _denoiser("ct", "Low-dose CT denoising, 1e4-1e5 photons per ray (3D residual U-Net)",
-              "88bc6d48e899544a3120328d4620fe260d9682d2248f710786c0e4815c720d48", normalisation="ct"),
+    _denoiser("ct", "Low-dose CT denoising, 1e4-1e5 photons per ray (3D residual U-Net on noise-level-normalised "
+                    "input)",
+              "945fc61e3e440bb8247429a8cb71c163c7d00ca05bd591208d41921225963baa", normalisation="ct-noise"),
 )
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in CLASSICAL + LEARNED}
