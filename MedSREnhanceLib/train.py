@@ -113,6 +113,9 @@ class TrainConfig:
     # 0.34 s in bf16 vs 0.85 s in fp32 (batch 4, 1 thread); without AMX bf16 was ~20x slower (README).
     precision: str = "fp32"
     grad_clip: float = 0.0  # > 0: clip the gradient norm (a bf16 MR denoiser run at lr 1e-3 spiked to 25x its loss)
+    # > 0: ship an exponential moving average of the weights (decay per step) instead of the last step's. The MR
+    # denoiser's held-out scores swung by up to 1 dB between checkpoints 3 minutes apart.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -150,6 +153,8 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
     )
     if cfg.train.precision not in ("fp32", "bf16"):  # before any data is loaded or simulated
         raise ValueError(f"[train] precision must be fp32 or bf16, not {cfg.train.precision!r}")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ValueError(f"[train] ema_decay must be in [0, 1), not {cfg.train.ema_decay}")
     allowed = {"denoise-mr": ("mr", "mr-noise"), "denoise-ct": ("ct", "ct-noise")}.get(cfg.data.task, ())
     if cfg.data.normalisation and cfg.data.normalisation not in allowed:  # only the denoising sources read it
         raise ValueError(f"[data] normalisation {cfg.data.normalisation!r} is not one task {cfg.data.task} "
@@ -660,6 +665,8 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
             model.load_state_dict(kept, strict=False)
             logger.info("initialised %d/%d tensors from %s", len(kept), len(own), cfg.model.init_from)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    averaged = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
+        tc.ema_decay), use_buffers=True) if tc.ema_decay > 0 else None)
 
     run_dir = Path(tc.run_dir) / cfg.model.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -670,6 +677,8 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
+        if averaged is not None and "averaged" in ckpt:
+            averaged.load_state_dict(ckpt["averaged"])
         step, elapsed_before, history = ckpt["step"], ckpt["elapsed"], ckpt["history"]
         rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"])
@@ -681,7 +690,8 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                     "elapsed": elapsed_before + time.time() - t_start, "history": history,
-                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    **({"averaged": averaged.state_dict()} if averaged is not None else {})}, tmp)
         tmp.replace(ckpt_path)
 
     def validate() -> float:
@@ -718,6 +728,8 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         step += 1
         patches += tc.batch
         value = float(loss.detach())
@@ -743,8 +755,9 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
     out_dir = Path(tc.out_dir) if tc.out_dir else WEIGHTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / f"{cfg.model.name}.pt"
-    model.eval()
-    torch.save({k: v.detach().clone().float() for k, v in model.state_dict().items()}, weights_path)
+    shipped = averaged.module if averaged is not None else model
+    shipped.eval()
+    torch.save({k: v.detach().clone().float() for k, v in shipped.state_dict().items()}, weights_path)
     spatial_dims = int(cfg.model.kwargs.get("spatial_dims", 3))
     card = {
         "name": cfg.model.name,

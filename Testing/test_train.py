@@ -270,3 +270,18 @@ def test_ct_source_shared_noise_texture_is_in_input_and_target(tmp_path: Path, d
     assert float(y.std()) == pytest.approx(6.0 / 1000.0, rel=0.1)  # the flat reference now carries 6 HU texture
     assert float((x - y).std()) == pytest.approx(60.0 / 1000.0, rel=0.1)  # plus the dose's own noise
     assert float(np.corrcoef((x - y).ravel(), (y - y.mean()).ravel())[0, 1]) == pytest.approx(0.0, abs=0.05)
+
+
+def test_ema_weights_are_shipped(tmp_path: Path, data_root: Path) -> None:
+    cfg = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]",
+                        steps=3)
+    cfg.write_text(cfg.read_text().replace("steps = 3", "steps = 3\nema_decay = 0.5\nlr = 0.01"))
+    shipped = torch.load(train.run_training(str(cfg), quiet=True), weights_only=True)
+    ckpt = torch.load(tmp_path / "runs" / "tiny-denoise-mr" / "checkpoint.pt", weights_only=False)
+    last, averaged = ckpt["model"], ckpt["averaged"]
+    name = "head.weight"
+    assert torch.equal(shipped[name], averaged[f"module.{name}"])  # the average ships, not the last step
+    assert not torch.allclose(shipped[name], last[name])
+    cfg.write_text(cfg.read_text().replace("ema_decay = 0.5", "ema_decay = 1.0"))
+    with pytest.raises(ValueError, match="ema_decay"):
+        train.load_config(cfg)
