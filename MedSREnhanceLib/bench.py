@@ -724,7 +724,8 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {res['case']} | {res['volume']} | {name} | {held} | {base} | {gains} | {dmin:+.4f} | "
                              f"{'PASS' if v['passes_bar'] else '**MISS**'} |")
         lines.append("")
-        lines.append("CT gains are given per window (full / soft).")
+        if any(res.get("modality") == "ct" for res in summary):
+            lines.append("CT gains are given per window (full / soft).")
     else:
         lines.append("No learned model ran.")
     lines.append("")
