@@ -723,9 +723,8 @@ def markdown(report: dict[str, Any]) -> str:
                 dmin = min(v["ssim_delta_vs_best_baseline"].values())
                 lines.append(f"| {res['case']} | {res['volume']} | {name} | {held} | {base} | {gains} | {dmin:+.4f} | "
                              f"{'PASS' if v['passes_bar'] else '**MISS**'} |")
-        lines.append("")
         if any(res.get("modality") == "ct" for res in summary):
-            lines.append("CT gains are given per window (full / soft).")
+            lines += ["", "CT gains are given per window (full / soft)."]
     else:
         lines.append("No learned model ran.")
     lines.append("")
