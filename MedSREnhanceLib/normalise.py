@@ -81,6 +81,11 @@ def ct_noise_sigma(hu: np.ndarray) -> float:
     return _mad_sigma(detail[tissue])
 
 
+def ct_noise_level(hu: np.ndarray) -> float:
+    """The noise std (HU) the "ct-noise" normalisation divides by: ct_noise_sigma clamped to CT_NOISE_RANGE_HU."""
+    return float(np.clip(ct_noise_sigma(hu), *CT_NOISE_RANGE_HU))
+
+
 def forward(array: np.ndarray, kind: str) -> tuple[np.ndarray, dict[str, float]]:
     """Normalise ``array`` for a model; returns the array and the parameters ``inverse`` needs."""
     if kind == "mr":
@@ -95,8 +100,7 @@ def forward(array: np.ndarray, kind: str) -> tuple[np.ndarray, dict[str, float]]
         # "ct" with the gain set so that the estimated noise std becomes CT_NOISE_REF_HU: HU are absolute, but
         # a dose-blind net must guess the noise from the image, and over-smoothed every 1e5-photon lung CT
         # (a 0.7 blend with the input was 0.5-1.7 dB better); told the level, it removes what is there.
-        sigma = float(np.clip(ct_noise_sigma(array), *CT_NOISE_RANGE_HU))
-        scale = CT_SCALE * sigma / CT_NOISE_REF_HU
+        scale = CT_SCALE * ct_noise_level(array) / CT_NOISE_REF_HU
         return ((array + CT_OFFSET) / scale).astype(np.float32), {"offset": -CT_OFFSET, "scale": scale}
     if kind == "ct":
         return ((array + CT_OFFSET) / CT_SCALE).astype(np.float32), {"offset": -CT_OFFSET, "scale": CT_SCALE}

@@ -138,6 +138,13 @@ def _from_repo(path: str) -> str:
     return str(path if not path or Path(path).is_absolute() else (REPO_ROOT / path).resolve())
 
 
+def _check_range(values: list[float], name: str, minimum: float) -> float:
+    """A [degrade] [lo, hi] pair with minimum <= lo <= hi; returns hi."""
+    if len(values) != 2 or not minimum <= values[0] <= values[1]:
+        raise ValueError(f"[degrade] {name} must be [lo, hi] with {minimum:g} <= lo <= hi, not {values}")
+    return float(values[1])
+
+
 def load_config(path: str | Path, data_root: str = "") -> Config:
     """Parse a TOML config; relative directories resolve against the repository root, so a config means the
     same thing from any working directory. ``data_root`` overrides the config's."""
@@ -159,19 +166,13 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
     if cfg.data.normalisation and cfg.data.normalisation not in allowed:  # only the denoising sources read it
         raise ValueError(f"[data] normalisation {cfg.data.normalisation!r} is not one task {cfg.data.task} "
                          f"can use ({', '.join(allowed) or 'none: it uses its own'})")
-    lo, hi = (list(cfg.degrade.downsample_range) + [0.0, 0.0])[:2]
-    if len(cfg.degrade.downsample_range) != 2 or not 1.0 <= lo <= hi:
-        raise ValueError(f"[degrade] downsample_range must be [lo, hi] with 1 <= lo <= hi, "
-                         f"not {cfg.degrade.downsample_range}")
-    if (hi > 1.0 or cfg.degrade.target_noise_max != 0.0) and cfg.data.task != "denoise-mr":
-        raise ValueError("[degrade] downsample_range and target_noise_max are for task denoise-mr")
-    shared = list(cfg.degrade.shared_noise_hu)
-    if len(shared) != 2 or not 0.0 <= shared[0] <= shared[1]:
-        raise ValueError(f"[degrade] shared_noise_hu must be [lo, hi] with 0 <= lo <= hi, not {shared}")
-    if shared[1] > 0.0 and cfg.data.task != "denoise-ct":
-        raise ValueError("[degrade] shared_noise_hu is for task denoise-ct")
     if cfg.degrade.target_noise_max < 0.0:
         raise ValueError(f"[degrade] target_noise_max must be >= 0, not {cfg.degrade.target_noise_max}")
+    down_hi = _check_range(cfg.degrade.downsample_range, "downsample_range", 1.0)
+    if (down_hi > 1.0 or cfg.degrade.target_noise_max != 0.0) and cfg.data.task != "denoise-mr":
+        raise ValueError("[degrade] downsample_range and target_noise_max are for task denoise-mr")
+    if _check_range(cfg.degrade.shared_noise_hu, "shared_noise_hu", 0.0) > 0.0 and cfg.data.task != "denoise-ct":
+        raise ValueError("[degrade] shared_noise_hu is for task denoise-ct")
     if data_root:
         cfg.data.data_root = str(Path(data_root).resolve())
     cfg.data.data_root, cfg.data.cache_dir = _from_repo(cfg.data.data_root), _from_repo(cfg.data.cache_dir)
@@ -405,8 +406,10 @@ class MRDenoiseSource(PairSource):
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
         super().__init__(cfg, ids, rng)
         self.bases = _mr_variants(self.vols, cfg.data.zscore_variants)
-        levels = [noise_sigma(v.array) / robust_max(v.array) for v in self.vols]  # the targets' own noise
-        self.levels = levels * (len(self.bases) // len(self.vols))  # z-scored copies share their volume's
+        # the targets' own noise (read only to bound it); z-scored copies share their volume's
+        levels = [noise_sigma(v.array) / robust_max(v.array) if cfg.degrade.target_noise_max > 0 else 0.0
+                  for v in self.vols]
+        self.levels = levels * (len(self.bases) // len(self.vols))
         self.weights = [structure_weights(v.array / robust_max(v.array), 2) for v in self.bases]
         self.items: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.refresh()
@@ -474,14 +477,14 @@ def ct_pairs_cached(cfg: Config, vol: Volume, volume_id: str) -> tuple[np.ndarra
 class CTDenoiseSource(PairSource):
     """Low-dose CT: cached projection-domain simulations; dose varied by scaling the noise field
     (quantum noise std ~ 1/sqrt(photons)) within ``photons_range``. With the "ct-noise" normalisation each pair is
-    scaled by the gain inference would use on that whole noisy volume (its estimated noise std, tabulated over
-    the dose range and interpolated in log dose)."""
+    scaled by the gain inference would use on that whole noisy volume (from its estimated noise std, tabulated
+    over the dose range and interpolated in log dose)."""
 
     DOSE_GRID = 9  # log-spaced doses the noise estimate is tabulated at
 
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
         super().__init__(cfg, ids, rng)
-        self.noise_aware = normalisation_of(cfg) == "ct-noise"
+        noise_aware = normalisation_of(cfg) == "ct-noise"
         d = cfg.degrade
         self.log_doses = np.linspace(np.log(d.photons_range[0]), np.log(d.photons_range[1]), self.DOSE_GRID)
         self.items = []
@@ -490,22 +493,19 @@ class CTDenoiseSource(PairSource):
             ref_n, _ = normalise_forward(ref, "ct")
             entries = []
             for p, f in fields:
-                table = np.ones(self.DOSE_GRID)
-                if self.noise_aware:
-                    table = np.array([normalise_forward(ref + f * math.sqrt(p / math.exp(ld)), "ct-noise")[1]["scale"]
-                                      / normalise.CT_SCALE for ld in self.log_doses])
-                entries.append((p, f / 1000.0, table, float(f.std()) / 1000.0))
+                # the noise std (HU) inference would estimate on the whole volume at each tabulated dose
+                sigma_hu = (np.array([normalise.ct_noise_level(ref + f * math.sqrt(p / math.exp(ld)))
+                                      for ld in self.log_doses]) if noise_aware else None)
+                entries.append((p, f / 1000.0, sigma_hu, float(f.std()) / 1000.0))
             self.items.append((ref_n, entries, structure_weights(ref_n, 2)))
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         p = self.cfg.data.patch
         ref, fields, w = self.items[int(self.rng.integers(len(self.items)))]
         d = self.cfg.degrade
-        photons_sim, noise, table, _ = fields[int(self.rng.integers(len(fields)))]
+        photons_sim, noise, sigma_table, _ = fields[int(self.rng.integers(len(fields)))]
         log_dose = float(self.rng.uniform(self.log_doses[0], self.log_doses[-1]))
         photons = math.exp(log_dose)
-        # "ct" -> "ct-noise" divides by the tabulated scale ratio (1 everywhere for plain "ct")
-        gain = 1.0 / float(np.exp(np.interp(log_dose, self.log_doses, np.log(table))))
         pz = min(p, ref.shape[0])
         c = sample_corner(w, 2, ref.shape, (pz, p, p), self.rng)
         sl = (slice(c[0], c[0] + pz), slice(c[1], c[1] + p), slice(c[2], c[2] + p))
@@ -517,12 +517,15 @@ class CTDenoiseSource(PairSource):
             tex = _pad_to(other[c2[0]:c2[0] + pz, c2[1]:c2[1] + p, c2[2]:c2[2] + p], (pz, p, p))
             shared_hu = float(self.rng.uniform(lo_s, hi_s))
             y = y + tex * (shared_hu / 1000.0 / other_std)
-            if self.noise_aware:  # inference measures the reference's own noise too: fold it into the gain
-                sigma_hu = normalise.CT_NOISE_REF_HU / gain  # the tabulated estimate at this dose
-                gain = normalise.CT_NOISE_REF_HU / math.hypot(sigma_hu, shared_hu)
         x = y + _pad_to(noise[sl], (pz, p, p)) * math.sqrt(photons_sim / photons)
         # CT noise is independent between slices but correlated in-plane: never swap z with x/y
         x, y = _augment([x, y], self.rng, (1, 2), (0, 1, 2))
+        gain = 1.0  # plain "ct"
+        if sigma_table is not None:  # "ct-noise": the gain inference would apply to this volume at this dose
+            sigma_hu = float(np.exp(np.interp(log_dose, self.log_doses, np.log(sigma_table))))
+            if hi_s > 0:  # inference measures the reference's own noise too
+                sigma_hu = math.hypot(sigma_hu, shared_hu)
+            gain = normalise.CT_NOISE_REF_HU / sigma_hu
         return (x * gain).astype(np.float32), (y * gain).astype(np.float32)
 
 

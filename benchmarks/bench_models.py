@@ -5,11 +5,11 @@
 
 Each model runs ``enhance()`` on the same synthetic MR/CT block (a smooth head phantom with Rician noise, or HU
 with Gaussian noise) once per precision, in one process, so the fp32/bf16 ratio is measured under the same load.
-The block is the OUTPUT grid (an SR model reads it divided by its
-scale); seconds are scaled by output voxel count to a 256x256x160 output (tiles make the cost linear in voxels).
-It also prints how far the bf16 output is from the fp32 one (PSNR, data range = the fp32 output's 0.5-99.5
-percentile span), so the speed is never read without the accuracy it costs. MACs per output voxel are counted on
-the network as bundled (its flip self-ensemble included). Prints a Markdown table; writes nothing.
+The block is the OUTPUT grid (an SR model reads it divided by its scale); seconds are scaled by output voxel count
+to a 256x256x160 output (tiles make the cost linear in voxels). It also prints how far the bf16 output is from the
+fp32 one (PSNR, data range = the fp32 output's 0.5-99.5 percentile span), so the speed is never read without the
+accuracy it costs. MACs per output voxel are counted on the network as bundled (its flip self-ensemble included).
+Prints a Markdown table; writes nothing.
 """
 from __future__ import annotations
 
