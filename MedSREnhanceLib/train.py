@@ -83,6 +83,11 @@ class DegradeConfig:
     # drawn from downsample_range at every refresh (also packs more structure into each voxel).
     target_noise_max: float = 0.0
     downsample_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    # own_noise_correction: the loss compares pred + r (x - pred) with the noisy target, r = s0^2 / (s0^2 + sa^2)
+    # (s0 the target's own noise, sa the added), so that pred estimates the clean signal: for Gaussian noise,
+    # E[target | x] = clean + r (x - clean) (Noisier2Noise, Moran et al. 2020, with unequal variances). Voxels
+    # where the target is exactly 0 (masked background) carry no own noise and get r = 0.
+    own_noise_correction: bool = False
     photons_sim: list[float] = field(default_factory=lambda: [1e4])  # simulated photon counts (CT cache)
     photons_range: list[float] = field(default_factory=lambda: [1e4, 1e5])  # dose range drawn in training
     electronic_noise_std: float = 5.0
@@ -169,8 +174,10 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
     if cfg.degrade.target_noise_max < 0.0:
         raise ValueError(f"[degrade] target_noise_max must be >= 0, not {cfg.degrade.target_noise_max}")
     down_hi = _check_range(cfg.degrade.downsample_range, "downsample_range", 1.0)
-    if (down_hi > 1.0 or cfg.degrade.target_noise_max != 0.0) and cfg.data.task != "denoise-mr":
-        raise ValueError("[degrade] downsample_range and target_noise_max are for task denoise-mr")
+    if (down_hi > 1.0 or cfg.degrade.target_noise_max != 0.0 or cfg.degrade.own_noise_correction) \
+            and cfg.data.task != "denoise-mr":
+        raise ValueError("[degrade] downsample_range, target_noise_max and own_noise_correction are for task "
+                         "denoise-mr")
     if _check_range(cfg.degrade.shared_noise_hu, "shared_noise_hu", 0.0) > 0.0 and cfg.data.task != "denoise-ct":
         raise ValueError("[degrade] shared_noise_hu is for task denoise-ct")
     if data_root:
@@ -265,7 +272,8 @@ def _augment(arrays: list[np.ndarray], rng: np.random.Generator, permute_axes: t
 
 
 class PairSource:
-    """Yields (input, target) batches; ``refresh`` redraws the random degradations of whole volumes."""
+    """Yields (input, target, retention) batches; ``refresh`` redraws the random degradations of whole volumes.
+    retention (see DegradeConfig.own_noise_correction) is None for sources that do not model target noise."""
 
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
         self.cfg = cfg
@@ -275,11 +283,18 @@ class PairSource:
     def refresh(self) -> None:  # pragma: no cover - overridden where degradations are random
         pass
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [self.sample() for _ in range(n)]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
-        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
-        return x, y
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        drawn = [self.draw() for _ in range(n)]
+        x = torch.from_numpy(np.stack([d[0] for d in drawn])[:, None])
+        y = torch.from_numpy(np.stack([d[1] for d in drawn])[:, None])
+        if all(d[2] is None for d in drawn):
+            return x, y, None
+        r = torch.from_numpy(np.stack([d[2] if d[2] is not None else np.zeros_like(d[1]) for d in drawn])[:, None])
+        return x, y, r
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One (input, target, retention map or None) sample."""
+        return (*self.sample(), None)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -400,6 +415,20 @@ def target_factors(shape_zyx: tuple[int, ...], level: float, noise_max: float, j
     return tuple(base * jitter if a else 1.0 for a in axes)
 
 
+def _own_noise(vols: list[Volume], bases: list[Volume]) -> list[float]:
+    """Own noise std of every base (``_mr_variants(vols)``) in its units. A z-scored copy is an affine map of its
+    volume inside the brain and 0 outside, so its noise is the volume's times that map's slope (noise_sigma on
+    the copy would read the constant background's zero detail)."""
+    own = [noise_sigma(v.array) for v in vols]
+    out = list(own)
+    for i, base in enumerate(bases[len(vols):]):
+        inside = base.array != 0.0
+        orig = vols[i].array[inside]
+        slope = float(base.array[inside].std() / orig.std()) if inside.any() and orig.std() > 0 else 0.0
+        out.append(own[i] * slope)
+    return out
+
+
 class MRDenoiseSource(PairSource):
     """Whole-volume Rician noise at a random level per refresh, normalised on the noisy volume as at inference."""
 
@@ -411,14 +440,16 @@ class MRDenoiseSource(PairSource):
                   for v in self.vols]
         self.levels = levels * (len(self.bases) // len(self.vols))
         self.weights = [structure_weights(v.array / robust_max(v.array), 2) for v in self.bases]
-        self.items: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.own_sigma = _own_noise(self.vols, self.bases) if cfg.degrade.own_noise_correction else \
+            [0.0] * len(self.bases)
+        self.items: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
         self.refresh()
 
     def refresh(self) -> None:
         self.items = []
         d = self.cfg.degrade
         lo, hi = d.downsample_range
-        for vol, w, level in zip(self.bases, self.weights, self.levels):
+        for vol, w, level, s0 in zip(self.bases, self.weights, self.levels, self.own_sigma):
             factors = target_factors(vol.array.shape, level, d.target_noise_max,
                                      float(self.rng.uniform(lo, hi)) if hi > lo else lo)
             if max(factors) > 1.0:
@@ -428,21 +459,30 @@ class MRDenoiseSource(PairSource):
                     # the volume as signed and skip the Rayleigh floor of the background (the net kept it)
                     vol = vol.with_array(np.maximum(vol.array, 0.0))
                 w = structure_weights(vol.array / robust_max(vol.array), 2)
-            noisy, _ = degrade.random_rician_noise(vol, tuple(d.noise_range), self.rng)
+                s0 = noise_sigma(vol.array) if d.own_noise_correction else 0.0  # truncation lowered it
+            noisy, record = degrade.random_rician_noise(vol, tuple(d.noise_range), self.rng)
+            sigma_added = degrade.rician_sigma(vol.array, record["params"]["level"])[0]
+            retention = s0**2 / (s0**2 + sigma_added**2) if s0 > 0 else 0.0
             x, params = normalise_forward(noisy.array, normalisation_of(self.cfg))
-            self.items.append((x, (vol.array / params["scale"]).astype(np.float32), w))
+            self.items.append((x, (vol.array / params["scale"]).astype(np.float32), w, retention))
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+    def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         p = self.cfg.data.patch
-        x, y, w = self.items[int(self.rng.integers(len(self.items)))]
+        x, y, w, retention = self.items[int(self.rng.integers(len(self.items)))]
         c = sample_corner(w, 2, x.shape, (p, p, p), self.rng)
         sl = tuple(slice(ci, ci + p) for ci in c)
         a, b = _pad_to(x[sl], (p, p, p)), _pad_to(y[sl], (p, p, p))
         a, b = _augment([a, b], self.rng, (0, 1, 2), (0, 1, 2))
+        r = np.where(b != 0.0, np.float32(retention), np.float32(0.0)) if self.cfg.degrade.own_noise_correction \
+            else None
         if normalisation_of(self.cfg) == "mr-noise":  # the noise std is fixed there: a gain would change it
-            return a.astype(np.float32), b.astype(np.float32)
+            return a.astype(np.float32), b.astype(np.float32), r
         gain = float(self.rng.uniform(0.75, 1.25))
-        return (a * gain).astype(np.float32), (b * gain).astype(np.float32)
+        return (a * gain).astype(np.float32), (b * gain).astype(np.float32), r
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        x, y, _ = self.draw()
+        return x, y
 
 
 def ct_pairs_cached(cfg: Config, vol: Volume, volume_id: str) -> tuple[np.ndarray, list[tuple[float, np.ndarray]]]:
@@ -580,6 +620,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     return s.mean()
 
 
+def expected_target(pred: torch.Tensor, x: torch.Tensor, retention: torch.Tensor | None) -> torch.Tensor:
+    """What a noisy target is expected to look like given the clean estimate ``pred``: it keeps the fraction
+    ``retention`` of the input's noise (DegradeConfig.own_noise_correction); ``pred`` itself when None."""
+    return pred if retention is None else pred + retention * (x - pred)
+
+
 def loss_fn(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float) -> torch.Tensor:
     loss = F.l1_loss(pred, target)
     if ssim_weight > 0:
@@ -702,7 +748,7 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
             return float("nan")
         model.eval()
         with torch.inference_mode():
-            pred = net(val_batch[0])
+            pred = expected_target(net(val_batch[0]), val_batch[0], val_batch[2])
         model.train()
         mse = float(F.mse_loss(pred, val_batch[1]))
         return 10 * math.log10(1.0 / max(mse, 1e-12))
@@ -722,10 +768,10 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
             source.refresh()
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, tc, (elapsed_before + time.time() - t_start) / 60)
-        x, y = source.batch(tc.batch)
+        x, y, retention = source.batch(tc.batch)
         with autocast:
             pred = net(x)
-        loss = loss_fn(pred.float(), y, tc.ssim_weight)
+        loss = loss_fn(expected_target(pred.float(), x, retention), y, tc.ssim_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:

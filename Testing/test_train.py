@@ -193,6 +193,7 @@ def test_config_refuses_options_its_task_does_not_read(tmp_path: Path, data_root
              ("denoise-mr", DN_MODEL, "", "target_noise_max = -0.01", "target_noise_max"),
              ("sr", SR_MODEL, "", "target_noise_max = 0.01", "target_noise_max"),
              ("denoise-mr", DN_MODEL, "", "shared_noise_hu = [0.0, 5.0]", "shared_noise_hu"),
+             ("denoise-ct", DN_MODEL, "", "own_noise_correction = true", "own_noise_correction"),
              ("denoise-ct", DN_MODEL, "", "shared_noise_hu = [5.0, 1.0]", "shared_noise_hu")]
     for task, model, data_line, degrade_line, match in cases:
         cfg = _write_config(tmp_path, data_root, task, model, '["mr_a"]', degrade_line)
@@ -218,7 +219,7 @@ def test_mr_denoise_source_trains_on_cleaned_targets(tmp_path: Path, data_root: 
     src = train.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0))
     level = src.levels[0]
     assert level == pytest.approx(0.02 * 100 / 140, rel=0.25)  # the phantom's own noise: std 2 at a peak ~140
-    (x, y, w), (xz, yz, _) = src.items  # the volume and its z-scored copy, downsampled alike
+    (x, y, w, _), (xz, yz, _, _) = src.items  # the volume and its z-scored copy, downsampled alike
     f = (level / 0.004) ** (2 / 3)
     assert x.shape == y.shape == xz.shape == tuple(int(round(n / f)) for n in (21, 26, 25))
     assert w.shape == tuple((n + 1) // 2 for n in x.shape)  # sampling weights of the downsampled grid
@@ -230,6 +231,51 @@ def test_mr_denoise_source_trains_on_cleaned_targets(tmp_path: Path, data_root: 
     flat = Volume(100.0 + np.random.default_rng(0).normal(0.0, 2.7, (70, 80, 90)).astype(np.float32))
     cleaned = degrade.kspace_truncation(flat, train.target_factors(flat.array.shape, 0.027, 0.01, 1.0))
     assert train.noise_sigma(cleaned.array) / train.noise_sigma(flat.array) == pytest.approx(0.01 / 0.027, rel=0.1)
+
+
+def test_own_noise_correction_makes_the_loss_minimiser_the_clean_signal() -> None:
+    # Gaussian toy: target y = c + n0 (own noise), input x = y + na. Fitting p = a x + b to y directly learns to
+    # keep the fraction r = s0^2 / (s0^2 + sa^2) of the input's noise; fitting expected_target(p) learns p = c.
+    rng = np.random.default_rng(0)
+    c, s0, sa = 1.0, 0.03, 0.05
+    y = c + rng.normal(0.0, s0, 200_000)
+    x = y + rng.normal(0.0, sa, y.shape)
+    r = s0**2 / (s0**2 + sa**2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for retention, slope in ((None, r), (torch.full_like(xt, r), 0.0)):
+        a = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([a, b], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = ((train.expected_target(a * xt + b, xt, retention) - yt) ** 2).mean()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        assert float(a.detach()) == pytest.approx(slope, abs=0.02)
+        assert float((a * c + b).detach()) == pytest.approx(c, abs=0.005)
+
+
+def test_mr_source_retention_follows_the_targets_own_noise(tmp_path: Path, data_root: Path) -> None:
+    cfg = train.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',
+                                          "noise_range = [0.05, 0.05]\nown_noise_correction = true"))
+    src = train.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0))
+    vol, zcopy = src.bases
+    s0, s0z = src.own_sigma
+    assert s0 == pytest.approx(2.0, rel=0.25)  # the phantom's own noise std
+    inside = zcopy.array != 0
+    assert s0z == pytest.approx(s0 / float(vol.array[inside].std()), rel=1e-4)  # z-scoring divides it by the std
+    for base, own, item in zip(src.bases, src.own_sigma, src.items):
+        added = degrade.rician_sigma(base.array, 0.05)[0]
+        assert item[3] == pytest.approx(own**2 / (own**2 + added**2), rel=1e-6)
+    x, y, r = src.batch(4)
+    assert r is not None and r.shape == y.shape
+    assert torch.all(r[y == 0] == 0)  # no own noise where the target is masked to 0
+    assert torch.all(r[y != 0] > 0.05)
+    cfg.degrade.own_noise_correction = False
+    assert train.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0)).batch(2)[2] is None
 
 
 def test_ct_noise_source_scales_every_dose_to_the_reference_noise(tmp_path: Path, data_root: Path,
