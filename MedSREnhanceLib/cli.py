@@ -133,9 +133,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import run_training
 
-    path = run_training(args.config, resume=args.resume, quiet=args.quiet, data_root=args.data_root)
-    if not args.quiet:
-        sys.stderr.write(f"medsr: weights and card written to {path}\n")
+    for config in args.config:  # in order: a staged model's later configs init_from the earlier ones' weights
+        path = run_training(config, resume=args.resume, quiet=args.quiet, data_root=args.data_root)
+        if not args.quiet:
+            sys.stderr.write(f"medsr: weights and card written to {path}\n")
     return EXIT_OK
 
 
@@ -191,8 +192,8 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, devices and threads")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", help="train a model from a TOML config")
-    p.add_argument("config")
+    p = sub.add_parser("train", help="train a model from a TOML config (several: run in the order given)")
+    p.add_argument("config", nargs="+")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--data-root", default="", help="folder with MANIFEST.json and the volumes (default: the "

@@ -846,10 +846,11 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Train a MedSREnhance model from a TOML config")
-    parser.add_argument("config")
+    parser.add_argument("config", nargs="+", help="one or more configs, trained in the order given")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--data-root", default="", help="folder with MANIFEST.json (default: the config's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run_training(args.config, resume=args.resume, quiet=args.quiet, data_root=args.data_root)
+    for config in args.config:
+        run_training(config, resume=args.resume, quiet=args.quiet, data_root=args.data_root)

@@ -413,3 +413,12 @@ def test_left_handed_nrrd_round_trip_through_cli(tmp_path: Path) -> None:
     assert cli.main(["enhance", str(src), str(out), "--scale", "2", "--model", "linear", "--quiet"]) == 0
     back = sitk.ReadImage(str(out))
     np.testing.assert_allclose(np.asarray(back.GetDirection()).reshape(3, 3), LEFT_HANDED, atol=1e-12)
+
+
+def test_train_runs_several_configs_in_order(monkeypatch) -> None:
+    # a model trained in stages is reproduced by one command listing its configs
+    from MedSREnhanceLib import train
+    calls: list[str] = []
+    monkeypatch.setattr(train, "run_training", lambda config, **kw: calls.append(config) or Path(config))
+    assert cli.main(["train", "base.toml", "stage2.toml", "final.toml", "--quiet"]) == 0
+    assert calls == ["base.toml", "stage2.toml", "final.toml"]
