@@ -41,6 +41,7 @@ class EnhanceResult:
     seconds: float
     messages: list[str] = field(default_factory=list)
     extras: dict[str, Volume] = field(default_factory=dict)  # room for uncertainty / data-consistency maps
+    precision: str = ""  # a learned model's forward-pass arithmetic: "fp32", "bf16" or "fp16" autocast
 
 
 def infer_modality(volume: Volume) -> str:
@@ -112,7 +113,7 @@ def _report(ctx: dict[str, Any], done: int, total: int) -> None:
 def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, Any]) -> Volume:
     import torch
 
-    from .inference import choose_device, run_with_fallback
+    from .inference import autocast_dtype, choose_device, precision_name, run_with_fallback
 
     try:
         device = choose_device(ctx["device"])
@@ -150,6 +151,7 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
     else:
         raise ValueError(f"model {spec.name} has an unknown scale mode {spec.scale_mode!r}")
     ctx["device_used"] = str(used)
+    ctx["precision_used"] = precision_name(autocast_dtype(used, ctx["precision"]))
     if spec.normalisation.startswith("mr") and float(volume.array.min()) >= 0:
         result = result.with_array(np.maximum(result.array, 0))  # magnitude images stay non-negative
     return result
@@ -213,9 +215,9 @@ def enhance(
     logger.info("enhance: %s with %s, scale %s, %d output voxels", task, spec.name, factors, total_voxels)
     ctx: dict[str, Any] = {"device": device, "tile": tile, "precision": precision, "progress": progress,
                            "cancel": cancel, "messages": messages, "params": params, "t0": t0,
-                           "device_used": "cpu"}
+                           "device_used": "cpu", "precision_used": ""}
     enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
     reference = volume if task == "denoise" else resample_to(volume, enhanced, "bspline")
     difference = enhanced.with_array(enhanced.array - reference.array)
     return EnhanceResult(enhanced, difference, spec.name, task, factors, ctx["device_used"],
-                         time.perf_counter() - t0, messages)
+                         time.perf_counter() - t0, messages, precision=ctx["precision_used"])

@@ -445,6 +445,9 @@ class EnhanceJob:
                     enhanced_node=self.enhanced_node, difference_node=self.difference_node)
                 outcome.model = str(getattr(result, "model", ""))
                 outcome.device = str(getattr(result, "device", ""))
+                precision = str(getattr(result, "precision", ""))
+                if outcome.device and precision:
+                    outcome.device = f"{outcome.device} ({precision})"
                 outcome.messages = list(getattr(result, "messages", []) or [])
             except Exception as exc:  # noqa: BLE001 - reported through the outcome like engine errors
                 outcome.error = exc

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from conftest import LEFT_HANDED, OBLIQUE, make_volume, to_sitk_image
 import importlib
 
-from MedSREnhanceLib import enhance
+from MedSREnhanceLib import enhance, inference
 from MedSREnhanceLib.enhance import infer_modality, select_model
 from MedSREnhanceLib.errors import CancelledError, InputError
 from MedSREnhanceLib.models import registry
@@ -108,6 +108,7 @@ def test_classical_denoisers_reduce_noise(model: str, spacing) -> None:
     assert mse(out, clean.array) < 0.7 * mse(dirty.array, clean.array)
     np.testing.assert_allclose(res.difference.array, out - dirty.array, atol=1e-4)
     assert res.task == "denoise" and res.model == model and res.device == "cpu" and res.seconds > 0
+    assert res.precision == ""  # no network ran
 
 
 def test_params_override_changes_the_result() -> None:
@@ -271,6 +272,7 @@ def test_learned_denoiser_keeps_grid_and_values(learned) -> None:
     vol = make_volume(shape_zyx=(9, 10, 11), kind="ct", direction=OBLIQUE)
     res = enhance(vol, task="denoise", tile=8)
     assert res.model == "fake-den"
+    assert res.precision == ("bf16" if inference.cpu_has_amx() else "fp32")  # auto: bf16 where AMX runs it
     np.testing.assert_allclose(res.enhanced.array, vol.array, atol=1e-3)  # CT normalisation round trip
     assert res.enhanced.origin == vol.origin and res.enhanced.spacing == vol.spacing
     np.testing.assert_allclose(res.difference.array, 0, atol=1e-3)

@@ -312,7 +312,7 @@ def test_oom_on_cpu_is_raised_not_looped(volume: np.ndarray) -> None:
 def test_run_with_fallback_on_cpu_matches_untiled(volume: np.ndarray) -> None:
     net = FCN(up=(1, 1, 2)).eval()
     out, used = run_with_fallback(volume, lambda d: net.to(d), scale=(1, 1, 2), halo=net.radius, width=6,
-                            device=torch.device("cpu"), tile=None)
+                                  device=torch.device("cpu"), tile=None, precision="fp32")  # tiling, not bf16
     np.testing.assert_allclose(out, untiled(net, volume), atol=1e-5)
 
 
@@ -349,7 +349,10 @@ def test_choose_device_auto_prefers_cuda_then_mps(monkeypatch) -> None:
 
 def test_autocast_dtype(monkeypatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert autocast_dtype(cpu) is None  # fp32 on CPU unless asked
+    monkeypatch.setattr(inference, "cpu_has_amx", lambda: False)
+    assert autocast_dtype(cpu) is None  # fp32 on CPUs without AMX (bf16 would be emulated, far slower)
+    monkeypatch.setattr(inference, "cpu_has_amx", lambda: True)
+    assert autocast_dtype(cpu) is torch.bfloat16
     assert autocast_dtype(cpu, "fp32") is None and autocast_dtype(cuda, "fp32") is None
     assert autocast_dtype(cpu, "bf16") is torch.bfloat16
     assert autocast_dtype(cuda, "fp16") is torch.float16
@@ -423,9 +426,9 @@ def test_run_with_fallback_aligns_tiles_for_downsampling_nets() -> None:
         return net.to(d)
 
     out, _ = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo - 2, width=2,
-                            device=torch.device("cpu"), tile=13, align=net.shift_multiple)
+                               device=torch.device("cpu"), tile=13, align=net.shift_multiple, precision="fp32")
     assert min(seen) < (70, 61, 58)  # really tiled
     np.testing.assert_allclose(out, whole, atol=1e-4 * float(np.abs(whole).max()))
     misaligned, _ = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo, width=2,
-                                   device=torch.device("cpu"), tile=13)
+                                   device=torch.device("cpu"), tile=13, precision="fp32")
     assert np.abs(misaligned - whole).max() > 1e-3 * float(np.abs(whole).max())  # the failure align prevents

@@ -371,7 +371,7 @@ def test_logic_process_async_reports_and_completes(scene, input_node):
     assert outcome.ok, outcome.error
     assert done == [outcome]  # called exactly once
     assert outcome.enhanced_node.GetName() == "MRHeadCrop_denoised"
-    assert outcome.model == "gaussian"
+    assert outcome.model == "gaussian" and outcome.device == "cpu"  # no network: no precision to report
     assert job.poll() is True and done == [outcome]
 
 
@@ -529,6 +529,7 @@ def test_docs_console_examples_run(scene, input_node, monkeypatch):
             job._worker.wait(0.05)
         assert job.finished and job.outcome.ok, job.outcome
         assert job.outcome.enhanced_node.GetName() == "MRHead_SRx1x1x4"
+        assert job.outcome.device in ("cpu (fp32)", "cpu (bf16)")  # what the panel says ran, arithmetic included
     finally:
         sys.modules.pop("MedSREnhance", None)
 
