@@ -47,11 +47,14 @@ def test_device_choices():
 def test_torch_summary_without_gpu():
     fake_torch = SimpleNamespace(__version__="2.9.0", version=SimpleNamespace(cuda=None),
                                  cuda=SimpleNamespace(is_available=lambda: False))
-    assert h.torch_summary(fake_torch) == "torch 2.9.0, CUDA build none (CPU only)"
+    assert h.torch_summary(fake_torch) == "torch 2.9.0, CUDA build none (CPU only); CPU inference in fp32"
+    fake_torch.cpu = SimpleNamespace(_is_amx_tile_supported=lambda: True)
+    assert h.torch_summary(fake_torch).endswith("; CPU inference in bf16 (AMX)")
     fake_cuda = SimpleNamespace(__version__="2.9.0", version=SimpleNamespace(cuda="12.8"),
                                 cuda=SimpleNamespace(is_available=lambda: True, device_count=lambda: 1,
                                                      get_device_name=lambda i: "RTX 5090"))
     assert "CUDA build 12.8" in h.torch_summary(fake_cuda) and "RTX 5090" in h.torch_summary(fake_cuda)
+    assert "CPU inference" not in h.torch_summary(fake_cuda)
 
 
 @pytest.mark.parametrize("spacing,expected", [
