@@ -689,12 +689,23 @@ def _metric_columns(modality: str) -> list[tuple[str, str, int]]:
     return cols
 
 
+def _learned_precision(device: str) -> str:
+    """What --precision auto runs the learned models in on ``device`` (bf16 on AMX CPUs, fp32 on other CPUs)."""
+    try:
+        from .inference import autocast_dtype, choose_device, precision_name
+    except ImportError:  # no torch: only classical models can run
+        return "n/a"
+    return precision_name(autocast_dtype(choose_device(device), "auto"))
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# MedSREnhance benchmark", ""]
     if report.get("command"):
         lines += ["Command:", "", "```", report["command"], "```", ""]
     s = report["settings"]
-    lines += [f"Run {report['started']} UTC, git {report.get('git', '?')}, {report['seconds']:.0f} s on {s['device']}. "
+    precision = f" (learned models in {s['learned_precision']})" if s.get("learned_precision") else ""
+    lines += [f"Run {report['started']} UTC, git {report.get('git', '?')}, {report['seconds']:.0f} s on {s['device']}"
+              f"{precision}. "
               f"Crop: central {s['crop'] or 'none'} voxel block per ground truth (centred on the foreground, sizes "
               f"divisible by the scale). Denoisers tuned on the ground truth by grid search; NLM and anisotropic "
               f"diffusion on a central {s['tune_block']}^3 block, then run on the whole cropped volume. Outputs "
@@ -895,7 +906,8 @@ def run_bench(volumes: Sequence[BenchVolume], out_dir: str | Path, settings: Opt
         "git": _git_revision(),
         "settings": {"cases": list(settings.cases), "models": settings.models if isinstance(settings.models, str)
                      else list(settings.models), "crop": settings.crop, "tune_block": settings.tune_block,
-                     "seed": settings.seed, "device": settings.device, **settings.extra},
+                     "seed": settings.seed, "device": settings.device,
+                     "learned_precision": _learned_precision(settings.device), **settings.extra},
         "tuning_grids": TUNING_GRIDS,
         "cases": [{"name": c.name, "modality": c.modality, "task": c.task, "degradation": c.degradation,
                    "params": c.params, "scale": list(c.scale)} for c in cases],

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSREnhanceLib import bench, degrade
+from MedSREnhanceLib import bench, degrade, inference
 from MedSREnhanceLib.resample import to_sitk
 from MedSREnhanceLib.volume import Volume
 
@@ -155,6 +155,8 @@ def test_harness_writes_markdown_json_and_png(tmp_path: Path, monkeypatch: pytes
     data = json.loads((out / "results.json").read_text())
     assert "medsr bench (test)" in md and "### mr_tiny" in md and "### ct_tiny" in md
     assert "**(best baseline)**" in md
+    precision = "bf16" if inference.cpu_has_amx() else "fp32"  # auto: bf16 on AMX CPUs
+    assert data["settings"]["learned_precision"] == precision and f"on cpu (learned models in {precision})" in md
     assert [(r["case"], r["volume"]) for r in data["results"]] == [
         ("mr-sr-x2", "mr_tiny"), ("mr-denoise-5", "mr_tiny"), ("ct-lowdose", "ct_tiny")]
     sr = data["results"][0]
