@@ -99,7 +99,7 @@ LEARNED: tuple[ModelSpec, ...] = (
               "34b7ec11277307e4746dd08b49a281886fb19945337068ab5f9e8ec037462597", normalisation="mr-noise"),
     _denoiser("ct", "Low-dose CT denoising, 1e4-1e5 photons per ray (3D residual U-Net on noise-level-normalised "
                     "input)",
-              "945fc61e3e440bb8247429a8cb71c163c7d00ca05bd591208d41921225963baa", normalisation="ct-noise"),
+              "75c0dd4a9e016673ef2c50121002f68540c68562368885856b36a63ca890a2b1", normalisation="ct-noise"),
 )
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in CLASSICAL + LEARNED}
