@@ -459,7 +459,7 @@ class MRDenoiseSource(PairSource):
                     # the volume as signed and skip the Rayleigh floor of the background (the net kept it)
                     vol = vol.with_array(np.maximum(vol.array, 0.0))
                 w = structure_weights(vol.array / robust_max(vol.array), 2)
-                s0 = noise_sigma(vol.array) if d.own_noise_correction else 0.0  # truncation lowered it
+                s0 /= math.sqrt(math.prod(factors))  # truncation lowers white noise by sqrt(prod f) (tested law)
             noisy, record = degrade.random_rician_noise(vol, tuple(d.noise_range), self.rng)
             sigma_added = degrade.rician_sigma(vol.array, record["params"]["level"])[0]
             retention = s0**2 / (s0**2 + sigma_added**2) if s0 > 0 else 0.0

@@ -278,6 +278,23 @@ def test_mr_source_retention_follows_the_targets_own_noise(tmp_path: Path, data_
     assert train.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0)).batch(2)[2] is None
 
 
+def test_retention_of_downsampled_targets_uses_their_lowered_noise(tmp_path: Path, data_root: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "DOWNSAMPLE_MIN_AXIS", 8)  # the fixture volumes are small
+    cfg = train.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',
+                                          "noise_range = [0.05, 0.05]\ntarget_noise_max = 0.004\n"
+                                          "own_noise_correction = true"))
+    src = train.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0))
+    factors = train.target_factors(src.vols[0].array.shape, src.levels[0], 0.004, 1.0)
+    assert max(factors) > 1.5  # really downsampled; the sqrt(prod f) law is tested on flat noise above
+    for base, own, item in zip(src.bases, src.own_sigma, src.items):
+        small = degrade.kspace_truncation(base, factors)
+        if float(base.array.min()) >= 0.0:
+            small = small.with_array(np.maximum(small.array, 0.0))  # as the source clamps magnitude volumes
+        lowered, added = own / np.sqrt(np.prod(factors)), degrade.rician_sigma(small.array, 0.05)[0]
+        assert item[3] == pytest.approx(lowered**2 / (lowered**2 + added**2), rel=1e-5)
+
+
 def test_ct_noise_source_scales_every_dose_to_the_reference_noise(tmp_path: Path, data_root: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """With "ct-noise" each pair carries the gain inference would apply: the same noise std at every dose."""
