@@ -96,7 +96,7 @@ LEARNED: tuple[ModelSpec, ...] = (
               sha256="9f47d28b7bed1caf8ea4a712177af886523adcfbdffb6e82416639c34700a383",
               card="mr-throughplane.json", normalisation="mr", scale_mode="axis", scale_min=2.0, scale_max=6.0,),
     _denoiser("mr", "MR denoising, Rician noise 2-10% (3D residual U-Net on noise-level-normalised input)",
-              "34b7ec11277307e4746dd08b49a281886fb19945337068ab5f9e8ec037462597", normalisation="mr-noise"),
+              "ba34167e3bd3f9c49792f3a8e41e32004d1d09051a361214891bdb96d4722449", normalisation="mr-noise"),
     _denoiser("ct", "Low-dose CT denoising, 1e4-1e5 photons per ray (3D residual U-Net on noise-level-normalised "
                     "input)",
               "75c0dd4a9e016673ef2c50121002f68540c68562368885856b36a63ca890a2b1", normalisation="ct-noise"),
