@@ -64,8 +64,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             sys.stderr.write(f"medsr: {message}\n")
         size = "x".join(str(n) for n in result.enhanced.size)
         spacing = "x".join(f"{s:.4g}" for s in result.enhanced.spacing)
-        where = f"{result.device} ({result.precision})" if result.precision else result.device
-        sys.stderr.write(f"medsr: {result.model} on {where}: {args.output} ({size} voxels, "
+        sys.stderr.write(f"medsr: {result.model} on {result.ran_on}: {args.output} ({size} voxels, "
                          f"{spacing} mm) in {result.seconds:.1f} s\n")
     return EXIT_OK
 

@@ -126,7 +126,7 @@ def run_demo(out_dir: str | Path = "medsr_demo", quiet: bool = False) -> str:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     lines = [
         f"medsr demo: MNI152 T1 template, x{SCALE} k-space truncation, enhanced with {result.model} on "
-        f"{result.device} ({result.precision or 'fp32'}) in {result.seconds:.1f} s",
+        f"{result.ran_on} in {result.seconds:.1f} s",
         f"  foreground PSNR: B-spline {scores['bspline']['psnr_fg']:.2f} dB, {result.model} "
         f"{scores[result.model]['psnr_fg']:.2f} dB (gain {gain:+.2f} dB); SSIM {scores['bspline']['ssim']:.4f} -> "
         f"{scores[result.model]['ssim']:.4f}",

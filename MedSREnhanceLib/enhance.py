@@ -43,6 +43,11 @@ class EnhanceResult:
     extras: dict[str, Volume] = field(default_factory=dict)  # room for uncertainty / data-consistency maps
     precision: str = ""  # a learned model's forward-pass arithmetic: "fp32", "bf16" or "fp16" autocast
 
+    @property
+    def ran_on(self) -> str:
+        """Device, and for a learned model its arithmetic: "cpu (bf16)", "cuda (fp16)", "cpu"."""
+        return f"{self.device} ({self.precision})" if self.precision else self.device
+
 
 def infer_modality(volume: Volume) -> str:
     """DICOM Modality when known, else CT if the volume holds air-like HU values (far below 0), else MR."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,9 +46,10 @@ def choose_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later), where bf16 convolutions run on them."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private but present since torch 2.2
+def cpu_has_amx(torch_module: Any = torch) -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later), where bf16 convolutions run on them.
+    ``torch_module``: the panel passes the torch it loaded (tests pass stand-ins)."""
+    probe = getattr(getattr(torch_module, "cpu", None), "_is_amx_tile_supported", None)  # private, torch >= 2.2
     try:
         return bool(probe()) if probe is not None else False
     except Exception:  # noqa: BLE001 - an unknown CPU is treated as one without AMX
@@ -74,7 +75,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[to
 
 
 def precision_name(dtype: Optional[torch.dtype]) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype is not None else "fp32"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")  # None (no autocast): fp32
 
 
 def _starts(n: int, tile: int, step: int) -> list[int]:

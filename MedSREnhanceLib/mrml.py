@@ -444,10 +444,7 @@ class EnhanceJob:
                     self.input_node, result, task=self.task, scale=self.scale,
                     enhanced_node=self.enhanced_node, difference_node=self.difference_node)
                 outcome.model = str(getattr(result, "model", ""))
-                outcome.device = str(getattr(result, "device", ""))
-                precision = str(getattr(result, "precision", ""))
-                if outcome.device and precision:
-                    outcome.device = f"{outcome.device} ({precision})"
+                outcome.device = result.ran_on
                 outcome.messages = list(getattr(result, "messages", []) or [])
             except Exception as exc:  # noqa: BLE001 - reported through the outcome like engine errors
                 outcome.error = exc

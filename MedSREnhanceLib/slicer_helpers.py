@@ -146,8 +146,9 @@ def torch_summary(torch_module: Any) -> str:
         elif cuda_build:
             line += "; no usable GPU found (driver too old or no device)"
         if not torch_module.cuda.is_available():  # what "auto" precision does on this CPU (inference.autocast_dtype)
-            probe = getattr(getattr(torch_module, "cpu", None), "_is_amx_tile_supported", None)
-            line += "; CPU inference in bf16 (AMX)" if probe is not None and probe() else "; CPU inference in fp32"
+            from .inference import cpu_has_amx  # torch is loaded by now: the caller passed it in
+
+            line += "; CPU inference in bf16 (AMX)" if cpu_has_amx(torch_module) else "; CPU inference in fp32"
     except Exception as exc:  # noqa: BLE001 - a broken CUDA install must not break the panel
         line += f"; CUDA query failed: {exc}"
     return line

@@ -287,10 +287,9 @@ class PairSource:
         drawn = [self.draw() for _ in range(n)]
         x = torch.from_numpy(np.stack([d[0] for d in drawn])[:, None])
         y = torch.from_numpy(np.stack([d[1] for d in drawn])[:, None])
-        if all(d[2] is None for d in drawn):
+        if drawn[0][2] is None:  # a source either always or never models its targets' noise
             return x, y, None
-        r = torch.from_numpy(np.stack([d[2] if d[2] is not None else np.zeros_like(d[1]) for d in drawn])[:, None])
-        return x, y, r
+        return x, y, torch.from_numpy(np.stack([d[2] for d in drawn])[:, None])
 
     def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """One (input, target, retention map or None) sample."""
@@ -415,11 +414,10 @@ def target_factors(shape_zyx: tuple[int, ...], level: float, noise_max: float, j
     return tuple(base * jitter if a else 1.0 for a in axes)
 
 
-def _own_noise(vols: list[Volume], bases: list[Volume]) -> list[float]:
-    """Own noise std of every base (``_mr_variants(vols)``) in its units. A z-scored copy is an affine map of its
-    volume inside the brain and 0 outside, so its noise is the volume's times that map's slope (noise_sigma on
-    the copy would read the constant background's zero detail)."""
-    own = [noise_sigma(v.array) for v in vols]
+def _own_noise(vols: list[Volume], bases: list[Volume], own: list[float]) -> list[float]:
+    """Own noise std of every base (``_mr_variants(vols)``) in its units, from ``own`` (noise_sigma of each volume).
+    A z-scored copy is an affine map of its volume inside the brain and 0 outside, so its noise is the volume's
+    times that map's slope (noise_sigma on the copy would read the constant background's zero detail)."""
     out = list(own)
     for i, base in enumerate(bases[len(vols):]):
         inside = base.array != 0.0
@@ -435,13 +433,13 @@ class MRDenoiseSource(PairSource):
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
         super().__init__(cfg, ids, rng)
         self.bases = _mr_variants(self.vols, cfg.data.zscore_variants)
-        # the targets' own noise (read only to bound it); z-scored copies share their volume's
-        levels = [noise_sigma(v.array) / robust_max(v.array) if cfg.degrade.target_noise_max > 0 else 0.0
-                  for v in self.vols]
+        d = cfg.degrade
+        # the targets' own noise, read only where an option uses it; as a level z-scored copies share their volume's
+        own = [noise_sigma(v.array) if d.target_noise_max > 0 or d.own_noise_correction else 0.0 for v in self.vols]
+        levels = [s / robust_max(v.array) for s, v in zip(own, self.vols)]
         self.levels = levels * (len(self.bases) // len(self.vols))
         self.weights = [structure_weights(v.array / robust_max(v.array), 2) for v in self.bases]
-        self.own_sigma = _own_noise(self.vols, self.bases) if cfg.degrade.own_noise_correction else \
-            [0.0] * len(self.bases)
+        self.own_sigma = _own_noise(self.vols, self.bases, own) if d.own_noise_correction else [0.0] * len(self.bases)
         self.items: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
         self.refresh()
 
