@@ -203,13 +203,13 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _relabelChoiceComboBoxes(self) -> None:
         """connectGui fills Choice combos with raw values; show readable labels (values are read by index)."""
-        from MedSREnhanceLib import slicer_helpers as helpers
+        from MedSREnhanceLib.mrml import panel as helpers
 
         for index, task in enumerate(helpers.TASKS):
             self.ui.taskComboBox.setItemText(index, helpers.TASK_LABELS[task])
 
     def _fillModelComboBox(self) -> None:
-        from MedSREnhanceLib import slicer_helpers as helpers
+        from MedSREnhanceLib.mrml import panel as helpers
 
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
@@ -277,7 +277,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                              if p and p.inputVolume else _("Select an input volume."))
 
     def _currentScale(self):
-        from MedSREnhanceLib import slicer_helpers as helpers
+        from MedSREnhanceLib.mrml import panel as helpers
 
         p = self._parameterNode
         spacing = p.inputVolume.GetSpacing() if p.inputVolume else None
@@ -300,7 +300,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return _("Output: {dims} voxels, spacing {spacing} mm (i, j, k)").format(dims=newDims, spacing=newSpacing)
 
     def onSuggestScale(self) -> None:
-        from MedSREnhanceLib import slicer_helpers as helpers
+        from MedSREnhanceLib.mrml import panel as helpers
 
         p = self._parameterNode
         if not p or not p.inputVolume:
@@ -359,15 +359,15 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.hide()
 
     def _onProgress(self, progress) -> None:
-        from MedSREnhanceLib import slicer_helpers as helpers
+        from MedSREnhanceLib.mrml import panel as helpers
 
         self.ui.progressBar.setRange(0, max(1, progress.total))
         self.ui.progressBar.setValue(progress.done)
         self.ui.statusLabel.text = helpers.format_progress(progress)
 
     def _onCompleted(self, outcome) -> None:
-        from MedSREnhanceLib import slicer_helpers as helpers
-        from MedSREnhanceLib.errors import InputError
+        from MedSREnhanceLib.mrml import panel as helpers
+        from MedSREnhanceLib import InputError
 
         self._job = None
         self._setRunning(False)
@@ -425,7 +425,7 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
                            forceTorch: bool = False) -> bool:
         """torch through the PyTorch extension (only if the model may need it) and pip packages of classical
         methods; asks before installing anything. Returns False when something is still missing."""
-        from MedSREnhanceLib import slicer_helpers as helpers
+        from MedSREnhanceLib.mrml import panel as helpers
 
         if (forceTorch or helpers.needs_torch(task, model)) and not self._ensureTorch(askConfirmation):
             return False
@@ -470,7 +470,7 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
 
     def deviceChoices(self, loadTorch: bool = False):
         """(value, label) pairs; GPUs are listed only when torch is loaded (importing it costs seconds)."""
-        from MedSREnhanceLib import slicer_helpers as helpers
+        from MedSREnhanceLib.mrml import panel as helpers
 
         if not loadTorch and "torch" not in sys.modules:
             return helpers.device_choices()
@@ -482,7 +482,7 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
         return helpers.device_choices(names, mps=bool(mps is not None and mps.is_available()))
 
     def torchInfo(self) -> str:
-        from MedSREnhanceLib import slicer_helpers as helpers
+        from MedSREnhanceLib.mrml import panel as helpers
 
         if "torch" not in sys.modules and importlib.util.find_spec("torch") is None:
             return _("PyTorch is not installed.")
@@ -542,7 +542,7 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
     def showResults(self, inputVolumeNode, enhancedVolumeNode, differenceVolumeNode,
                     differenceAsOverlay: bool = False) -> None:
         """input | enhanced | difference in three linked slice views (or input | enhanced + difference overlay)."""
-        from MedSREnhanceLib import slicer_helpers as helpers
+        from MedSREnhanceLib.mrml import panel as helpers
 
         app = getattr(slicer, "app", None)
         layoutManager = app.layoutManager() if app is not None else None
@@ -600,7 +600,7 @@ class MedSREnhanceTest(ScriptedLoadableModuleTest):
         import numpy as np
         import SampleData
         from MedSREnhanceLib import mrml
-        from MedSREnhanceLib.volume import Volume
+        from MedSREnhanceLib import Volume
 
         head = SampleData.downloadSample("MRHead")
         volume = mrml.volume_from_node(head)
@@ -617,7 +617,7 @@ class MedSREnhanceTest(ScriptedLoadableModuleTest):
     def _smallModel(task: str) -> str:
         """A learned model when one serves MR at this task (x2 for SR) and torch is already installed, else a
         classical one. Never installs torch: build machines run this test without a multi-GB download."""
-        from MedSREnhanceLib.enhance import select_model
+        from MedSREnhanceLib.engine.enhance import select_model
 
         spec = select_model(task, "mr", (2.0, 2.0, 2.0) if task == "sr" else (1.0, 1.0, 1.0))
         if spec.kind == "learned" and importlib.util.find_spec("torch") is not None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from .enhance import EnhanceResult, enhance
-from .errors import CancelledError, InputError
-from .io import read_volume, write_volume
-from .volume import Volume
+from .engine.enhance import EnhanceResult, enhance
+from .core.errors import CancelledError, InputError
+from .core.io import read_volume, write_volume
+from .core.volume import Volume
 
 __version__ = "0.1.0"
 __all__ = ["enhance", "EnhanceResult", "read_volume", "write_volume", "Volume", "InputError", "CancelledError"]

@@ -20,9 +20,9 @@ def _error(message: str) -> None:
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
-    from .enhance import enhance
-    from .io import check_writable, read_volume, write_volumes
-    from .volume import validate
+    from .engine.enhance import enhance
+    from .core.io import check_writable, read_volume, write_volumes
+    from .core.volume import validate
 
     outputs = [args.output] + ([args.difference] if args.difference else [])
     for out in outputs:
@@ -113,7 +113,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         import torch
 
-        from .inference import choose_device
+        from .engine.inference import choose_device
 
         lines.append(f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none'})")
         lines.append(f"threads: {torch.get_num_threads()} of {os.cpu_count()} CPUs")
@@ -131,7 +131,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import run_training
+    from .training.loop import run_training
 
     for config in args.config:  # in order: a staged model's later configs init_from the earlier ones' weights
         path = run_training(config, resume=args.resume, quiet=args.quiet, data_root=args.data_root)
@@ -141,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from .evaluation import bench
 
     return int(bench.run_from_args(args))
 
@@ -202,7 +202,7 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark models against tuned classical baselines")
     if with_bench:
-        from . import bench
+        from .evaluation import bench
 
         bench.add_arguments(p)
     p.set_defaults(func=cmd_bench)
@@ -218,7 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(with_bench="bench" in argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="medsr: %(message)s")
-    from .errors import CancelledError, InputError
+    from .core.errors import CancelledError, InputError
 
     try:
         return args.func(args)

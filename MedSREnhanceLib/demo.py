@@ -9,12 +9,11 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from .errors import InputError
-from .volume import Volume
+from .core.errors import InputError
+from .core.volume import Volume
 
 TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 SAMPLE_ID = "nilearn_mni_icbm152_t1_tal_nlin_sym_09a_converted"  # its id in model cards' training lists
@@ -68,15 +67,16 @@ def comparison_png(path: Path, panels: list[tuple[str, np.ndarray]], difference:
 
 def run_demo(out_dir: str | Path = "medsr_demo", quiet: bool = False) -> str:
     """Degrade, enhance and measure; returns a short summary (also written to summary.json)."""
-    from . import degrade, metrics
-    from .enhance import enhance
-    from .io import read_volume, write_volume
-    from .resample import resample_to
+    from . import simulate
+    from .evaluation import metrics
+    from .engine.enhance import enhance
+    from .core.io import read_volume, write_volume
+    from .core.resample import resample_to
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     truth = _crop_to_multiple(read_volume(sample_path()), SCALE)
-    low = degrade.kspace_truncation(truth, SCALE)
+    low = simulate.kspace_truncation(truth, SCALE)
     progress = None
     if not quiet:
         from tqdm import tqdm

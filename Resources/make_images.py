@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from MedSREnhanceLib import enhance  # noqa: E402
-from MedSREnhanceLib.volume import Volume  # noqa: E402
+from MedSREnhanceLib.core.volume import Volume  # noqa: E402
 
 DIVERGING = LinearSegmentedColormap.from_list("DivergingBlueRed", [
     (0.02, 0.19, 0.38), (0.26, 0.58, 0.76), (0.82, 0.90, 0.94), (0.97, 0.97, 0.97),
@@ -86,7 +86,7 @@ def make_screenshot(path: Path) -> None:
         (enh[:, jc, :], f"Enhanced x4 ({result.model})", "gray", 0, 240),
         (diff[:, jc, :], "Difference (enhanced - input)", DIVERGING, -half, half),
     ]
-    from MedSREnhanceLib.slicer_helpers import VIEW_COLORS, VIEW_LABELS
+    from MedSREnhanceLib.mrml.panel import VIEW_COLORS, VIEW_LABELS
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.6), facecolor="black")
     for ax, (img, title, cmap, vmin, vmax), label, color in zip(axes, panels, VIEW_LABELS, VIEW_COLORS):

@@ -27,7 +27,7 @@ try:  # torch is optional for the classical paths; limit its threads when presen
 except ImportError:  # pragma: no cover - torch is a dependency, but keep the suite importable
     torch = None  # type: ignore[assignment]
 
-from MedSREnhanceLib.volume import Volume  # noqa: E402
+from MedSREnhanceLib.core.volume import Volume  # noqa: E402
 
 SITK_THREADS = 1
 sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(SITK_THREADS)

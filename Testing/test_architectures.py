@@ -108,7 +108,7 @@ def test_denoiser_shapes_identity_start_and_halo() -> None:
 def test_denoiser_tiles_agree_with_the_whole_volume(ensemble: int) -> None:
     """A U-Net is shift-equivariant only by multiples of 4: tile cores and halos on that grid keep tiles exact,
     with and without the flip self-ensemble (flips act on the padded block, which stays on the grid)."""
-    from MedSREnhanceLib.inference import tiled_apply
+    from MedSREnhanceLib.engine.inference import tiled_apply
 
     net = _randomise(Denoiser(channels=2, spatial_dims=3, ensemble=ensemble))
     for p in net.parameters():

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSREnhanceLib import bench, degrade, inference
-from MedSREnhanceLib.resample import to_sitk
-from MedSREnhanceLib.volume import Volume
+from MedSREnhanceLib import simulate as degrade
+from MedSREnhanceLib.engine import inference
+from MedSREnhanceLib.evaluation import baselines, bench, cases, runner, scoring
+from MedSREnhanceLib.core.resample import to_sitk
+from MedSREnhanceLib.core.volume import Volume
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -35,40 +37,40 @@ def phantom(shape: tuple[int, int, int] = (24, 26, 28), seed: int = 0, ct: bool 
 
 
 def test_parse_case_names_and_parameters() -> None:
-    c = bench.parse_case("mr-sr-x3")
+    c = cases.parse_case("mr-sr-x3")
     assert (c.task, c.modality, c.scale, c.params["scale"]) == ("sr", "mr", (3.0, 3.0, 3.0), [3.0, 3.0, 3.0])
-    c = bench.parse_case("mr-throughplane-x4")
+    c = cases.parse_case("mr-throughplane-x4")
     assert c.scale == (1.0, 1.0, 4.0) and c.params["axis"] == 2 and c.params["profile"] == "gaussian"
-    assert bench.parse_case("mr-denoise-5").params["level"] == pytest.approx(0.05)
-    assert bench.parse_case("ct-lowdose").params["photons_per_ray"] == bench.DEFAULT_PHOTONS
-    assert bench.parse_case("ct-lowdose-1e4").params["photons_per_ray"] == 1e4
+    assert cases.parse_case("mr-denoise-5").params["level"] == pytest.approx(0.05)
+    assert cases.parse_case("ct-lowdose").params["photons_per_ray"] == cases.DEFAULT_PHOTONS
+    assert cases.parse_case("ct-lowdose-1e4").params["photons_per_ray"] == 1e4
     with pytest.raises(ValueError, match="unknown case"):
-        bench.parse_case("mr-magic")
+        cases.parse_case("mr-magic")
 
 
 def test_crop_sizes_divide_the_scale() -> None:
     vol = phantom((23, 30, 27))
     mask = np.ones(vol.array.shape, bool)
-    start, size = bench.crop_box(vol, bench.parse_case("mr-sr-x2"), 25, mask)
+    start, size = cases.crop_box(vol, cases.parse_case("mr-sr-x2"), 25, mask)
     assert size == (22, 24, 24)
-    start, size = bench.crop_box(vol, bench.parse_case("mr-throughplane-x4"), None, mask)
+    start, size = cases.crop_box(vol, cases.parse_case("mr-throughplane-x4"), None, mask)
     assert size == (20, 30, 27)  # only k (array axis 0) must divide by 4
     # The crop keeps physical positions: voxel 0 of the crop is voxel `start` of the original.
-    crop = bench.crop_volume(vol, start, size)
+    crop = cases.crop_volume(vol, start, size)
     np.testing.assert_allclose(crop.origin, vol.index_to_physical(np.asarray(start[::-1], float)))
     np.testing.assert_array_equal(crop.array, vol.array[start[0]:start[0] + 20])
 
 
 @pytest.mark.parametrize("case_name", ["mr-sr-x2", "mr-throughplane-x4", "mr-sr-x2.5"])
 def test_degraded_crop_nests_in_the_ground_truth_crop(tmp_path: Path, case_name: str) -> None:
-    from MedSREnhanceLib.volume import resized_geometry
+    from MedSREnhanceLib.core.volume import resized_geometry
 
     path = tmp_path / "v.nii.gz"
     sitk.WriteImage(to_sitk(phantom((27, 31, 29))), str(path))
-    bv = bench.find_volumes([path], modality="mr")[0]
-    case = bench.parse_case(case_name)
-    inp, gt, _, start, size = bench.degraded_pair(case, bv, bench.BenchSettings(crop=20))
-    assert all(st % bench._grid_step(f) == 0 for st, f in zip(start, bench.case_factors_zyx(case)))
+    bv = cases.find_volumes([path], modality="mr")[0]
+    case = cases.parse_case(case_name)
+    inp, gt, _, start, size = cases.degraded_pair(case, bv, cases.BenchSettings(crop=20))
+    assert all(st % cases.grid_step(f) == 0 for st, f in zip(start, cases.case_factors_zyx(case)))
     lr_size, lr_spacing, lr_origin = resized_geometry(gt, tuple(1.0 / f for f in case.scale))
     assert inp.size == lr_size
     np.testing.assert_allclose(inp.spacing, lr_spacing, atol=1e-6)
@@ -80,7 +82,7 @@ def test_fourier_zerofill_inverts_kspace_truncation_of_a_band_limited_volume() -
     z, y, x = np.meshgrid(*[np.arange(n)] * 3, indexing="ij")
     arr = np.cos(2 * np.pi * 3 * x / n) + np.sin(2 * np.pi * 2 * y / n + 0.3) + np.cos(2 * np.pi * 5 * z / n)
     vol = Volume(arr.astype(np.float32), (0.9, 1.0, 1.1), (2.0, 3.0, 4.0))
-    up = bench.fourier_zerofill(degrade.kspace_truncation(vol, (2.0, 2.0, 2.0)), (2.0, 2.0, 2.0))
+    up = baselines.fourier_zerofill(degrade.kspace_truncation(vol, (2.0, 2.0, 2.0)), (2.0, 2.0, 2.0))
     assert up.size == vol.size
     np.testing.assert_allclose(up.origin, vol.origin, atol=1e-9)
     np.testing.assert_allclose(up.array, arr, atol=1e-5)
@@ -89,9 +91,9 @@ def test_fourier_zerofill_inverts_kspace_truncation_of_a_band_limited_volume() -
 def test_zscored_mr_is_shifted_to_a_zero_background() -> None:
     vol = phantom()
     z = vol.with_array((vol.array - 50.0) / 30.0)  # background at the minimum, negative
-    shifted, notes = bench.prepare_ground_truth(z, "mr")
+    shifted, notes = cases.prepare_ground_truth(z, "mr")
     assert shifted.array.min() == pytest.approx(0.0) and notes and "z-scored" in notes[0]
-    same, notes = bench.prepare_ground_truth(vol, "mr")
+    same, notes = cases.prepare_ground_truth(vol, "mr")
     assert same is vol and not notes
 
 
@@ -100,11 +102,11 @@ def test_tuning_picks_the_best_parameter() -> None:
 
     sharp = phantom()
     gt = sharp.with_array(ndimage.gaussian_filter(sharp.array, 2.0))  # smooth: Gaussian smoothing has an optimum
-    case = bench.parse_case("mr-denoise-8")
-    noisy, _ = bench.degrade_case(case, gt, np.random.default_rng(3))
-    scorer = bench.Scorer.for_reference(gt, "mr")
+    case = cases.parse_case("mr-denoise-8")
+    noisy, _ = cases.degrade_case(case, gt, np.random.default_rng(3))
+    scorer = scoring.Scorer.for_reference(gt, "mr")
     grid = [{"sigma": s} for s in (0.2, 0.5, 0.8, 1.2, 3.0)]
-    best, trials, _ = bench.tune(case, "gaussian", noisy, scorer, grid)
+    best, trials, _ = baselines.tune(case, "gaussian", noisy, scorer, grid)
     values = [t["scores"]["psnr_fg"] for t in trials]
     assert best["psnr_fg"] == grid[int(np.argmax(values))]
     # A real optimum: strictly inside the grid, and better than both ends.
@@ -114,7 +116,7 @@ def test_tuning_picks_the_best_parameter() -> None:
 
 def test_scoring_on_the_reference_grid_catches_a_half_voxel_shift() -> None:
     gt = phantom()
-    scorer = bench.Scorer.for_reference(gt, "mr")
+    scorer = scoring.Scorer.for_reference(gt, "mr")
     exact, grid = scorer.score(gt)
     assert grid["grid_matches_reference"] and np.isinf(exact["psnr"])
     # Same voxels, origin moved by half a voxel along i: the content is now misplaced in physical space.
@@ -125,16 +127,16 @@ def test_scoring_on_the_reference_grid_catches_a_half_voxel_shift() -> None:
     assert grid["origin_offset_mm"] == pytest.approx(gt.spacing[0] / 2)
     assert scores["psnr_fg"] < 35.0 and scores["ssim"] < exact["ssim"]
     # An upsampled output on a wrongly placed grid (origin copied from the input) scores worse than the right one.
-    case = bench.parse_case("mr-sr-x2")
+    case = cases.parse_case("mr-sr-x2")
     lr = degrade.kspace_truncation(gt, (2.0, 2.0, 2.0))
-    good, _, _ = bench._enhance(lr, case, "bspline", None, "cpu")
+    good, _, _ = baselines.run_method(lr, case, "bspline", None, "cpu")
     wrong = Volume(good.array, good.spacing, lr.origin, good.direction)  # the classic geometry bug
     assert scorer.score(wrong)[0]["psnr_fg"] < scorer.score(good)[0]["psnr_fg"] - 1.0
 
 
 def test_harness_writes_markdown_json_and_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Small grids keep the test fast; the logic is the same as with the full ones.
-    monkeypatch.setattr(bench, "TUNING_GRIDS", {
+    monkeypatch.setattr(baselines, "TUNING_GRIDS", {
         "gaussian": [{"sigma": 0.5}, {"sigma": 1.0}],
         "anisotropic-diffusion": [{"iterations": 2, "conductance": 1.0, "time_step": 0.0625}],
         "nlmeans": [{"h_factor": 0.4, "patch_size": 3, "patch_distance": 2},
@@ -145,12 +147,12 @@ def test_harness_writes_markdown_json_and_png(tmp_path: Path, monkeypatch: pytes
         path = tmp_path / f"{name}.nii.gz"
         sitk.WriteImage(to_sitk(vol), str(path))
         files.append(path)
-    volumes = bench.find_volumes(files)
+    volumes = cases.find_volumes(files)
     assert [v.modality for v in volumes] == ["mr", "ct"]
     out = tmp_path / "results"
-    settings = bench.BenchSettings(cases=("mr-sr-x2", "mr-denoise-5", "ct-lowdose"), models="none", crop=20,
+    settings = cases.BenchSettings(cases=("mr-sr-x2", "mr-denoise-5", "ct-lowdose"), models="none", crop=20,
                                    tune_block=16, n_angles=24, command="medsr bench (test)")
-    report = bench.run_bench(volumes, out, settings)
+    report = runner.run_bench(volumes, out, settings)
     md = (out / "results.md").read_text()
     data = json.loads((out / "results.json").read_text())
     assert "medsr bench (test)" in md and "### mr_tiny" in md and "### ct_tiny" in md
@@ -169,7 +171,7 @@ def test_harness_writes_markdown_json_and_png(tmp_path: Path, monkeypatch: pytes
     assert "block" in nlm["tuning"] and len(nlm["tuning_trials"]) == 2
     ct = data["results"][2]
     assert set(ct["verdicts"]["best_baseline"]) == {"psnr_fg_full", "psnr_fg_soft"}
-    assert data["cases"][2]["params"]["photons_per_ray"] == bench.DEFAULT_PHOTONS
+    assert data["cases"][2]["params"]["photons_per_ray"] == cases.DEFAULT_PHOTONS
     for res in data["results"]:
         png = out / res["png"]
         assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
@@ -183,20 +185,20 @@ def test_harness_writes_markdown_json_and_png(tmp_path: Path, monkeypatch: pytes
 def test_cache_reuses_identical_work(tmp_path: Path) -> None:
     path = tmp_path / "mr.nii.gz"
     sitk.WriteImage(to_sitk(phantom((16, 18, 20))), str(path))
-    volumes = bench.find_volumes([path], modality="mr")
-    settings = bench.BenchSettings(cases=("mr-sr-x2",), models="none", crop=16, cache=str(tmp_path / "cache"))
-    first = bench.run_bench(volumes, tmp_path / "a", settings)
-    second = bench.run_bench(volumes, tmp_path / "b", settings)
+    volumes = cases.find_volumes([path], modality="mr")
+    settings = cases.BenchSettings(cases=("mr-sr-x2",), models="none", crop=16, cache=str(tmp_path / "cache"))
+    first = runner.run_bench(volumes, tmp_path / "a", settings)
+    second = runner.run_bench(volumes, tmp_path / "b", settings)
     rows1, rows2 = first["results"][0]["rows"], second["results"][0]["rows"]
     assert not any(r.get("cached") for r in rows1)
     assert all(r.get("cached") for r in rows2 if r["kind"] == "classical")
     assert [r["metrics"] for r in rows1] == [r["metrics"] for r in rows2]
     assert "(cached)" in (tmp_path / "b" / "results.md").read_text()
     # A different seed means a different degraded input: nothing may be reused for classical rows of a noisy case.
-    noisy = bench.BenchSettings(cases=("mr-denoise-5",), models="none", crop=16, cache=str(tmp_path / "cache"),
+    noisy = cases.BenchSettings(cases=("mr-denoise-5",), models="none", crop=16, cache=str(tmp_path / "cache"),
                                 png=False)
-    bench.run_bench(volumes, tmp_path / "c", noisy)
-    other = bench.run_bench(volumes, tmp_path / "d", bench.BenchSettings(
+    runner.run_bench(volumes, tmp_path / "c", noisy)
+    other = runner.run_bench(volumes, tmp_path / "d", cases.BenchSettings(
         cases=("mr-denoise-5",), models="none", crop=16, cache=str(tmp_path / "cache"), png=False, seed=1))
     assert not any(r.get("cached") for r in other["results"][0]["rows"])
 
@@ -209,7 +211,7 @@ def test_judge_marks_the_bar() -> None:
         {"model": "close", "kind": "learned", "params": {}, "metrics": {"psnr_fg": 30.8, "ssim": 0.95, "ssim_fg": 0.9}},
         {"model": "blurry", "kind": "learned", "params": {}, "metrics": {"psnr_fg": 32.0, "ssim": 0.89, "ssim_fg": 0.9}},
     ]
-    v = bench.judge(rows, "mr")
+    v = scoring.judge(rows, "mr")
     assert v["best_baseline"]["psnr_fg"]["model"] == "sinc"
     assert v["models"]["good"]["passes_bar"]
     assert v["models"]["good"]["gain_db"]["psnr_fg"] == pytest.approx(0.6)
@@ -229,7 +231,7 @@ def test_cli_glue_parses_and_refuses_bad_cases(tmp_path: Path, capsys: pytest.Ca
 
 @pytest.mark.skipif(not (SHARED_DATA / "MANIFEST.json").exists(), reason="../shared/data is absent")
 def test_manifest_ids_and_modalities() -> None:
-    vols = bench.find_volumes([SHARED_DATA / "MANIFEST.json"], ids=["mr_gd", "lung_ct_pat_2"])
+    vols = cases.find_volumes([SHARED_DATA / "MANIFEST.json"], ids=["mr_gd", "lung_ct_pat_2"])
     assert [(v.id, v.modality) for v in vols] == [("mr_gd", "mr"), ("lung_ct_pat_2", "ct")]
     assert all(v.path.exists() for v in vols)
 
@@ -240,8 +242,8 @@ def test_learned_model_selection_follows_enhance_auto(monkeypatch: pytest.Monkey
     fake = registry.ModelSpec("fake-ct-denoise", "denoise", "learned", ("ct",), "test double")
     monkeypatch.setattr(registry, "LEARNED", (fake,))
     monkeypatch.setitem(registry.REGISTRY, fake.name, fake)
-    assert bench.learned_models_for(bench.parse_case("ct-lowdose"), "auto") == ["fake-ct-denoise"]
-    assert bench.learned_models_for(bench.parse_case("ct-lowdose"), "all") == ["fake-ct-denoise"]
-    assert bench.learned_models_for(bench.parse_case("mr-denoise-5"), "auto") == []  # no MR model: nothing
-    assert bench.learned_models_for(bench.parse_case("ct-lowdose"), "none") == []
-    assert bench.learned_models_for(bench.parse_case("mr-sr-x2"), ["fake-ct-denoise"]) == []  # does not serve
+    assert runner.learned_models_for(cases.parse_case("ct-lowdose"), "auto") == ["fake-ct-denoise"]
+    assert runner.learned_models_for(cases.parse_case("ct-lowdose"), "all") == ["fake-ct-denoise"]
+    assert runner.learned_models_for(cases.parse_case("mr-denoise-5"), "auto") == []  # no MR model: nothing
+    assert runner.learned_models_for(cases.parse_case("ct-lowdose"), "none") == []
+    assert runner.learned_models_for(cases.parse_case("mr-sr-x2"), ["fake-ct-denoise"]) == []  # does not serve

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from MedSREnhanceLib import normalise
+from MedSREnhanceLib.core import normalise
 from MedSREnhanceLib.models import registry
-from MedSREnhanceLib.train import build_model, ModelConfig
+from MedSREnhanceLib.training.config import ModelConfig
+from MedSREnhanceLib.training.losses import build_model
 
 
 def _plain(value: object) -> object:

@@ -322,7 +322,7 @@ def test_denoise_and_dicom_input(tmp_path: Path) -> None:
 
 def test_difference_write_failure_leaves_no_enhanced_file(tmp_path: Path, monkeypatch, capsys) -> None:
     """All or nothing: when the difference map cannot be written, no enhanced volume appears either."""
-    from MedSREnhanceLib import io as mio
+    from MedSREnhanceLib.core import io as mio
 
     real = mio.sitk.WriteImage
     calls = []
@@ -417,8 +417,8 @@ def test_left_handed_nrrd_round_trip_through_cli(tmp_path: Path) -> None:
 
 def test_train_runs_several_configs_in_order(monkeypatch) -> None:
     # a model trained in stages is reproduced by one command listing its configs
-    from MedSREnhanceLib import train
+    from MedSREnhanceLib.training import loop
     calls: list[str] = []
-    monkeypatch.setattr(train, "run_training", lambda config, **kw: calls.append(config) or Path(config))
+    monkeypatch.setattr(loop, "run_training", lambda config, **kw: calls.append(config) or Path(config))
     assert cli.main(["train", "base.toml", "stage2.toml", "final.toml", "--quiet"]) == 0
     assert calls == ["base.toml", "stage2.toml", "final.toml"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MedSREnhanceLib import degrade
-from MedSREnhanceLib.resample import resample_to
-from MedSREnhanceLib.volume import Volume, resized_geometry
+from MedSREnhanceLib import simulate as degrade
+from MedSREnhanceLib.core.resample import resample_to
+from MedSREnhanceLib.core.volume import Volume, resized_geometry
 
 ORIGIN = (5.0, -3.0, 2.0)
 SPACING = (0.9, 1.1, 1.3)

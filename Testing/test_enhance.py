@@ -9,15 +9,16 @@ import SimpleITK as sitk
 from conftest import LEFT_HANDED, OBLIQUE, make_volume, to_sitk_image
 import importlib
 
-from MedSREnhanceLib import enhance, inference
-from MedSREnhanceLib.enhance import infer_modality, select_model
-from MedSREnhanceLib.errors import CancelledError, InputError
+from MedSREnhanceLib import enhance
+from MedSREnhanceLib.engine import inference
+from MedSREnhanceLib.engine.enhance import infer_modality, select_model
+from MedSREnhanceLib.core.errors import CancelledError, InputError
 from MedSREnhanceLib.models import registry
 from MedSREnhanceLib.models.registry import ModelSpec
-from MedSREnhanceLib.resample import resample_scale
-from MedSREnhanceLib.volume import Volume, resized_geometry
+from MedSREnhanceLib.core.resample import resample_scale
+from MedSREnhanceLib.core.volume import Volume, resized_geometry
 
-enhance_mod = importlib.import_module("MedSREnhanceLib.enhance")  # the package's `enhance` is the function
+enhance_mod = importlib.import_module("MedSREnhanceLib.engine.enhance")  # the package's `enhance` is the function
 
 
 def smooth(shape=(21, 22, 23), direction=np.eye(3), spacing=(1.0, 1.0, 1.0), seed=0) -> Volume:

@@ -16,8 +16,8 @@ import SimpleITK as sitk
 
 from conftest import DIRECTIONS, LEFT_HANDED, OBLIQUE, make_volume, to_sitk_image, write_dicom_series
 from MedSREnhanceLib import cli, enhance, read_volume, write_volume
-from MedSREnhanceLib.errors import InputError
-from MedSREnhanceLib.volume import Volume, parse_scale, resized_geometry
+from MedSREnhanceLib.core.errors import InputError
+from MedSREnhanceLib.core.volume import Volume, parse_scale, resized_geometry
 
 SCALES = {"2": (2, 2, 2), "3": (3, 3, 3), "4": (4, 4, 4), "1.5": (1.5, 1.5, 1.5), "1,1,4": (1, 1, 4),
           "1,1,4.33": (1, 1, 4.33), "2.5,1,1.25": (2.5, 1, 1.25)}

@@ -13,9 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from MedSREnhanceLib import inference  # noqa: E402
-from MedSREnhanceLib.errors import CancelledError  # noqa: E402
-from MedSREnhanceLib.inference import (  # noqa: E402
+from MedSREnhanceLib.engine import inference  # noqa: E402
+from MedSREnhanceLib.core.errors import CancelledError  # noqa: E402
+from MedSREnhanceLib.engine.inference import (  # noqa: E402
     auto_tile, autocast_dtype, choose_device, is_oom, run_with_fallback, tiled_apply)
 
 SHAPE = (37, 41, 29)  # odd on every axis, none a multiple of a tile

@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import DIRECTIONS, LEFT_HANDED, OBLIQUE, listing, make_volume, sha256, to_sitk_image, write_dicom_series
-from MedSREnhanceLib import io as mio
-from MedSREnhanceLib.errors import InputError
-from MedSREnhanceLib.io import WRITABLE, read_volume, write_volume
-from MedSREnhanceLib.volume import Volume, validate
+from MedSREnhanceLib.core import io as mio
+from MedSREnhanceLib.core.errors import InputError
+from MedSREnhanceLib.core.io import WRITABLE, read_volume, write_volume
+from MedSREnhanceLib.core.volume import Volume, validate
 
 FORMATS = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"]
 FLOAT32_GEOMETRY = (".nii", ".nii.gz")  # NIfTI stores pixdim, quaternion and sform as float32
@@ -299,9 +299,9 @@ def test_write_volumes_is_all_or_nothing(tmp_path, monkeypatch):
     """A failure on the second volume leaves no new file and does not touch an existing first target."""
     import SimpleITK as sitk
 
-    from MedSREnhanceLib import io as mio
-    from MedSREnhanceLib.errors import InputError
-    from MedSREnhanceLib.volume import Volume
+    from MedSREnhanceLib.core import io as mio
+    from MedSREnhanceLib.core.errors import InputError
+    from MedSREnhanceLib.core.volume import Volume
 
     first = tmp_path / "enhanced.nii.gz"
     first.write_bytes(b"previous result")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from MedSREnhanceLib import metrics
+from MedSREnhanceLib.evaluation import metrics
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ TOP_CMAKE = ROOT / "CMakeLists.txt"
 # Extension content: what the module needs at run time.
 MODULE_PATTERNS = ("*.py", "Resources/**/*.ui", "Resources/**/*.png", "Resources/**/*.svg", "Resources/**/*.json",
                    "Resources/**/*.txt")
-LIB_PATTERNS = ("**/*.py", "weights/*.pt", "weights/*.json")
+LIB_PATTERNS = ("**/*.py", "models/weights/*.pt", "models/weights/*.json")
 
 
 def _cmake_tokens(path: Path) -> set[str]:
@@ -233,7 +233,7 @@ def test_license_is_apache_2():
 
 def test_parameter_choices_match_the_helpers():
     """The parameter node repeats some choice lists (the module may not import the library at import time)."""
-    from MedSREnhanceLib import slicer_helpers as helpers
+    from MedSREnhanceLib.mrml import panel as helpers
 
     params = _parameter_annotations()
 

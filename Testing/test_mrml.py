@@ -17,9 +17,9 @@ if not hasattr(slicer, "vtkMRMLScene"):  # the unrelated PyPI package "slicer" s
 import SimpleITK as sitk  # noqa: E402
 
 from MedSREnhanceLib import mrml  # noqa: E402
-from MedSREnhanceLib.errors import CancelledError, InputError  # noqa: E402
-from MedSREnhanceLib.resample import from_sitk  # noqa: E402
-from MedSREnhanceLib.volume import Volume  # noqa: E402
+from MedSREnhanceLib.core.errors import CancelledError, InputError  # noqa: E402
+from MedSREnhanceLib.core.resample import from_sitk  # noqa: E402
+from MedSREnhanceLib.core.volume import Volume  # noqa: E402
 
 try:  # keep the shared 2-core machine usable
     import torch
@@ -274,7 +274,7 @@ def test_parent_transform_kept(scene, input_node):
     scene.AddNode(transform)
     m = np.eye(4)
     m[:3, 3] = (5, -3, 7)
-    transform.SetMatrixTransformToParent(mrml._vtk_matrix(m))
+    transform.SetMatrixTransformToParent(mrml.nodes._vtk_matrix(m))
     input_node.SetAndObserveTransformNodeID(transform.GetID())
     enh, diff = mrml.enhance_volume_node(input_node, task="sr", model="linear", scale=2, device="cpu")
     assert enh.GetTransformNodeID() == transform.GetID()
@@ -477,7 +477,7 @@ def test_scripted_logic_process_and_async(scene, input_node, monkeypatch):
 
 def test_result_layout_is_accepted_by_mrml_layout_logic(scene):
     """Slicer's own layout logic turns the layout XML into input | enhanced | difference slice views."""
-    from MedSREnhanceLib import slicer_helpers as helpers
+    from MedSREnhanceLib.mrml import panel as helpers
 
     logic = slicer.vtkMRMLLayoutLogic()
     logic.SetMRMLScene(scene)
@@ -541,7 +541,7 @@ def test_show_results_assigns_and_links_views(scene, input_node, monkeypatch):
     import sys
     import types
 
-    from MedSREnhanceLib import slicer_helpers as helpers
+    from MedSREnhanceLib.mrml import panel as helpers
 
     _qt_stubs(monkeypatch)
     module = importlib.import_module("MedSREnhance")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MedSREnhanceLib import normalise
-from MedSREnhanceLib.degrade import rician_noise
-from MedSREnhanceLib.volume import Volume
+from MedSREnhanceLib.core import normalise
+from MedSREnhanceLib.simulate import rician_noise
+from MedSREnhanceLib.core.volume import Volume
 
 
 def _head(shape: tuple[int, int, int] = (47, 50, 53)) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The panel's pure helpers (MedSREnhanceLib.slicer_helpers): no Slicer, no Qt, no torch."""
+"""The panel's pure helpers (MedSREnhanceLib.mrml.panel): no Slicer, no Qt, no torch."""
 from __future__ import annotations
 
 import threading
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from MedSREnhanceLib import slicer_helpers as h
+from MedSREnhanceLib.mrml import panel as h
 from MedSREnhanceLib.models.registry import REGISTRY
-from MedSREnhanceLib.progress import Progress
+from MedSREnhanceLib.core.progress import Progress
 
 
 def test_model_choices_follow_the_registry():

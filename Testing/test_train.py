@@ -9,8 +9,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MedSREnhanceLib import degrade, train
-from MedSREnhanceLib.volume import Volume
+from MedSREnhanceLib import simulate as degrade
+from MedSREnhanceLib.core import normalise
+from MedSREnhanceLib.training import config, loop, losses, pairs, sources_ct, sources_mr
+from MedSREnhanceLib.core.volume import Volume
 from MedSREnhanceLib.models.registry import sha256_of
 
 torch.set_num_threads(1)
@@ -92,13 +94,13 @@ DN_MODEL = 'arch = "denoiser"\nbuilder = "Denoiser"\nkwargs = { channels = 4, sp
 def test_two_step_training_writes_weights_and_card(tmp_path: Path, data_root: Path, task: str, model: str,
                                                    ids: str, degrade: str) -> None:
     cfg = _write_config(tmp_path, data_root, task, model, ids, degrade)
-    weights = train.run_training(str(cfg), quiet=True)
+    weights = loop.run_training(str(cfg), quiet=True)
     card = json.loads(weights.with_suffix(".json").read_text())
     assert card["training"]["steps"] == 2 and card["training"]["volumes"] == json.loads(ids)
     assert card["config"]["data"]["task"] == task  # the resolved config travels with the weights
     assert card["macs_per_output_voxel"] > 0 and card["halo"] > 0
     state = torch.load(weights, weights_only=True)
-    net = train.build_model(train.load_config(cfg).model)
+    net = losses.build_model(config.load_config(cfg).model)
     net.load_state_dict(state)
     assert len(sha256_of(weights)) == 64
 
@@ -109,19 +111,19 @@ def test_ct_denoise_two_steps(tmp_path: Path, data_root: Path) -> None:
                         "photons_sim = [1e4]\nn_angles = 24")
     text = cfg.read_text().replace('val_ids = ["mr_b"]', "val_ids = []")
     cfg.write_text(text)
-    weights = train.run_training(str(cfg), quiet=True)
+    weights = loop.run_training(str(cfg), quiet=True)
     assert json.loads(weights.with_suffix(".json").read_text())["normalisation"] == "ct"
     assert list((tmp_path / "cache" / "ct_pairs").glob("ct_a_*.npz"))  # pairs cached outside the repo
 
 
 def test_same_seed_same_weights_and_resume(tmp_path: Path, data_root: Path) -> None:
     cfg = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]")
-    a = torch.load(train.run_training(str(cfg), quiet=True), weights_only=True)
-    b = torch.load(train.run_training(str(cfg), quiet=True), weights_only=True)
+    a = torch.load(loop.run_training(str(cfg), quiet=True), weights_only=True)
+    b = torch.load(loop.run_training(str(cfg), quiet=True), weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     longer = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]",
                            steps=3)
-    train.run_training(str(longer), resume=True, quiet=True)  # continues from the step-2 checkpoint
+    loop.run_training(str(longer), resume=True, quiet=True)  # continues from the step-2 checkpoint
     card = json.loads((tmp_path / "weights" / "tiny-denoise-mr.json").read_text())
     assert card["training"]["steps"] == 3
 
@@ -131,34 +133,34 @@ def test_bf16_training_with_noise_normalisation(tmp_path: Path, data_root: Path)
     cfg = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]")
     text = cfg.read_text().replace("patch = 12", 'patch = 12\nnormalisation = "mr-noise"')
     cfg.write_text(text.replace("steps = 2", 'steps = 2\nprecision = "bf16"\ngrad_clip = 1.0'))
-    weights = train.run_training(str(cfg), quiet=True)
+    weights = loop.run_training(str(cfg), quiet=True)
     card = json.loads(weights.with_suffix(".json").read_text())
     assert card["normalisation"] == "mr-noise" and card["training"]["precision"] == "bf16"
     state = torch.load(weights, weights_only=True)
     assert all(v.dtype == torch.float32 for v in state.values())  # fp32 master weights are what ships
     cfg.write_text(text.replace("steps = 2", 'steps = 2\nprecision = "fp16"'))
     with pytest.raises(ValueError, match="precision"):
-        train.run_training(str(cfg), quiet=True)
+        loop.run_training(str(cfg), quiet=True)
 
 
 def test_config_errors(tmp_path: Path, data_root: Path) -> None:
     cfg = _write_config(tmp_path, data_root, "sr", SR_MODEL, '["mr_a"]', "scael = 2")
     with pytest.raises(ValueError, match="scael"):
-        train.load_config(cfg)
+        config.load_config(cfg)
     cfg = _write_config(tmp_path, data_root, "sr", SR_MODEL, '["forbidden"]')
     with pytest.raises(ValueError, match="may not be used"):
-        train.run_training(str(cfg), quiet=True)
+        loop.run_training(str(cfg), quiet=True)
 
 
 def test_ssim_and_structure_sampling() -> None:
     a = torch.rand(1, 1, 16, 16, 16)
-    assert abs(float(train.ssim(a, a)) - 1.0) < 1e-5
-    assert float(train.ssim(a, torch.rand_like(a))) < 0.5
+    assert abs(float(losses.ssim(a, a)) - 1.0) < 1e-5
+    assert float(losses.ssim(a, torch.rand_like(a))) < 0.5
     arr = np.zeros((20, 20, 20), np.float32)
     arr[:, :, 15:] = 1.0  # an edge at x = 15
-    w = train.structure_weights(arr, 2)
+    w = pairs.structure_weights(arr, 2)
     rng = np.random.default_rng(0)
-    corners = [train.sample_corner(w, 2, arr.shape, (6, 6, 6), rng)[2] for _ in range(200)]
+    corners = [pairs.sample_corner(w, 2, arr.shape, (6, 6, 6), rng)[2] for _ in range(200)]
     assert np.mean([9 <= c <= 14 for c in corners]) > 0.5  # patches gather around the edge
 
 
@@ -168,20 +170,20 @@ def test_relative_directories_resolve_against_the_repository_root(tmp_path: Path
     cfg = tmp_path / "rel.toml"
     cfg.write_text('[model]\nname = "x"\n' + DN_MODEL + '\n[data]\ntask = "denoise-mr"\ntrain_ids = ["mr_a"]\n')
     monkeypatch.chdir(tmp_path)
-    loaded = train.load_config(cfg)
-    assert Path(loaded.data.data_root) == (train.REPO_ROOT / "../shared/data").resolve()
-    assert Path(loaded.train.run_dir) == (train.REPO_ROOT / "../runs").resolve()
+    loaded = config.load_config(cfg)
+    assert Path(loaded.data.data_root) == (config.REPO_ROOT / "../shared/data").resolve()
+    assert Path(loaded.train.run_dir) == (config.REPO_ROOT / "../runs").resolve()
     assert loaded.train.out_dir == ""  # the package's weights folder
-    assert train.load_config(cfg, str(data_root)).data.data_root == str(data_root.resolve())
+    assert config.load_config(cfg, str(data_root)).data.data_root == str(data_root.resolve())
 
 
 def test_learning_rate_warms_up_then_decays_by_cosine() -> None:
-    tc = train.TrainConfig(steps=1000, lr=1e-3, warmup_steps=100, lr_final_fraction=0.05, max_minutes=1e9)
-    lrs = [train._lr_at(s, tc) for s in (0, 49, 99, 100, 500, 1000)]
+    tc = config.TrainConfig(steps=1000, lr=1e-3, warmup_steps=100, lr_final_fraction=0.05, max_minutes=1e9)
+    lrs = [loop._lr_at(s, tc) for s in (0, 49, 99, 100, 500, 1000)]
     assert lrs[0] == pytest.approx(1e-5, rel=0.02) and lrs[1] == pytest.approx(0.5e-3, rel=0.02)
-    assert lrs[2] == pytest.approx(train._lr_at(100, tc), rel=0.01)  # continuous at the end of warm-up
+    assert lrs[2] == pytest.approx(loop._lr_at(100, tc), rel=0.01)  # continuous at the end of warm-up
     assert lrs[3] > lrs[4] > lrs[5] == pytest.approx(0.05e-3)
-    assert train._lr_at(0, train.TrainConfig(lr=1e-3)) == pytest.approx(1e-3)  # no warm-up by default
+    assert loop._lr_at(0, config.TrainConfig(lr=1e-3)) == pytest.approx(1e-3)  # no warm-up by default
 
 
 def test_config_refuses_options_its_task_does_not_read(tmp_path: Path, data_root: Path) -> None:
@@ -199,24 +201,24 @@ def test_config_refuses_options_its_task_does_not_read(tmp_path: Path, data_root
         cfg = _write_config(tmp_path, data_root, task, model, '["mr_a"]', degrade_line)
         cfg.write_text(cfg.read_text().replace("patch = 12", f"patch = 12\n{data_line}"))
         with pytest.raises(ValueError, match=match):
-            train.load_config(cfg)
+            config.load_config(cfg)
 
 
 def test_target_factors_bring_the_targets_own_noise_to_the_bound() -> None:
     # three thick axes: 2.7 % -> 1 % needs 2.7^(2/3); thin axes (few slices) stay; clean volumes stay
-    assert train.target_factors((140, 160, 124), 0.027, 0.01, 1.0) == pytest.approx((2.7 ** (2 / 3),) * 3)
-    assert train.target_factors((19, 384, 384), 0.02, 0.01, 1.0) == pytest.approx((2.0, 2.0, 1.0))
-    assert train.target_factors((140, 160, 124), 0.005, 0.01, 1.0) == (1.0, 1.0, 1.0)
-    assert train.target_factors((140, 160, 124), 0.005, 0.0, 1.2) == pytest.approx((1.2, 1.2, 1.2))  # jitter only
-    assert train.target_factors((19, 30, 384), 0.02, 0.01, 1.1) == pytest.approx((4.4, 1.0, 1.0))  # i is x
+    assert sources_mr.target_factors((140, 160, 124), 0.027, 0.01, 1.0) == pytest.approx((2.7 ** (2 / 3),) * 3)
+    assert sources_mr.target_factors((19, 384, 384), 0.02, 0.01, 1.0) == pytest.approx((2.0, 2.0, 1.0))
+    assert sources_mr.target_factors((140, 160, 124), 0.005, 0.01, 1.0) == (1.0, 1.0, 1.0)
+    assert sources_mr.target_factors((140, 160, 124), 0.005, 0.0, 1.2) == pytest.approx((1.2, 1.2, 1.2))  # jitter only
+    assert sources_mr.target_factors((19, 30, 384), 0.02, 0.01, 1.1) == pytest.approx((4.4, 1.0, 1.0))  # i is x
 
 
 def test_mr_denoise_source_trains_on_cleaned_targets(tmp_path: Path, data_root: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train, "DOWNSAMPLE_MIN_AXIS", 8)  # the fixture volumes are small
-    cfg = train.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',
+    monkeypatch.setattr(sources_mr, "DOWNSAMPLE_MIN_AXIS", 8)  # the fixture volumes are small
+    cfg = config.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',
                                           "noise_range = [0.02, 0.1]\ntarget_noise_max = 0.004"))
-    src = train.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0))
+    src = sources_mr.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0))
     level = src.levels[0]
     assert level == pytest.approx(0.02 * 100 / 140, rel=0.25)  # the phantom's own noise: std 2 at a peak ~140
     (x, y, w, _), (xz, yz, _, _) = src.items  # the volume and its z-scored copy, downsampled alike
@@ -229,8 +231,8 @@ def test_mr_denoise_source_trains_on_cleaned_targets(tmp_path: Path, data_root: 
     assert yz.min() < 0  # the z-scored copy stays signed
     # the law target_factors relies on: k-space truncation by f on n axes lowers white noise by f^(n/2)
     flat = Volume(100.0 + np.random.default_rng(0).normal(0.0, 2.7, (70, 80, 90)).astype(np.float32))
-    cleaned = degrade.kspace_truncation(flat, train.target_factors(flat.array.shape, 0.027, 0.01, 1.0))
-    assert train.noise_sigma(cleaned.array) / train.noise_sigma(flat.array) == pytest.approx(0.01 / 0.027, rel=0.1)
+    cleaned = degrade.kspace_truncation(flat, sources_mr.target_factors(flat.array.shape, 0.027, 0.01, 1.0))
+    assert normalise.noise_sigma(cleaned.array) / normalise.noise_sigma(flat.array) == pytest.approx(0.01 / 0.027, rel=0.1)
 
 
 def test_own_noise_correction_makes_the_loss_minimiser_the_clean_signal() -> None:
@@ -249,7 +251,7 @@ def test_own_noise_correction_makes_the_loss_minimiser_the_clean_signal() -> Non
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = ((train.expected_target(a * xt + b, xt, retention) - yt) ** 2).mean()
+            loss = ((losses.expected_target(a * xt + b, xt, retention) - yt) ** 2).mean()
             loss.backward()
             return loss
 
@@ -259,9 +261,9 @@ def test_own_noise_correction_makes_the_loss_minimiser_the_clean_signal() -> Non
 
 
 def test_mr_source_retention_follows_the_targets_own_noise(tmp_path: Path, data_root: Path) -> None:
-    cfg = train.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',
+    cfg = config.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',
                                           "noise_range = [0.05, 0.05]\nown_noise_correction = true"))
-    src = train.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0))
+    src = sources_mr.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0))
     vol, zcopy = src.bases
     s0, s0z = src.own_sigma
     assert s0 == pytest.approx(2.0, rel=0.25)  # the phantom's own noise std
@@ -275,17 +277,17 @@ def test_mr_source_retention_follows_the_targets_own_noise(tmp_path: Path, data_
     assert torch.all(r[y == 0] == 0)  # no own noise where the target is masked to 0
     assert torch.all(r[y != 0] > 0.05)
     cfg.degrade.own_noise_correction = False
-    assert train.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0)).batch(2)[2] is None
+    assert sources_mr.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0)).batch(2)[2] is None
 
 
 def test_retention_of_downsampled_targets_uses_their_lowered_noise(tmp_path: Path, data_root: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train, "DOWNSAMPLE_MIN_AXIS", 8)  # the fixture volumes are small
-    cfg = train.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',
+    monkeypatch.setattr(sources_mr, "DOWNSAMPLE_MIN_AXIS", 8)  # the fixture volumes are small
+    cfg = config.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',
                                           "noise_range = [0.05, 0.05]\ntarget_noise_max = 0.004\n"
                                           "own_noise_correction = true"))
-    src = train.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0))
-    factors = train.target_factors(src.vols[0].array.shape, src.levels[0], 0.004, 1.0)
+    src = sources_mr.MRDenoiseSource(cfg, ["mr_a"], np.random.default_rng(0))
+    factors = sources_mr.target_factors(src.vols[0].array.shape, src.levels[0], 0.004, 1.0)
     assert max(factors) > 1.5  # really downsampled; the sqrt(prod f) law is tested on flat noise above
     for base, own, item in zip(src.bases, src.own_sigma, src.items):
         small = degrade.kspace_truncation(base, factors)
@@ -298,16 +300,16 @@ def test_retention_of_downsampled_targets_uses_their_lowered_noise(tmp_path: Pat
 def test_ct_noise_source_scales_every_dose_to_the_reference_noise(tmp_path: Path, data_root: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """With "ct-noise" each pair carries the gain inference would apply: the same noise std at every dose."""
-    from MedSREnhanceLib import normalise
+    from MedSREnhanceLib.core import normalise
 
     rng = np.random.default_rng(0)
     ref = np.where(np.arange(40)[None, None, :] < 4, -1000.0, 40.0) * np.ones((16, 40, 40))
     field_1e4 = rng.normal(0.0, 60.0, ref.shape)  # the cached noisy-minus-reference field at 1e4 photons
-    monkeypatch.setattr(train, "ct_pairs_cached", lambda cfg, vol, vid: (ref, [(1e4, field_1e4)]))
-    cfg = train.load_config(_write_config(tmp_path, data_root, "denoise-ct", DN_MODEL, '["ct_a"]',
+    monkeypatch.setattr(sources_ct, "ct_pairs_cached", lambda cfg, vol, vid: (ref, [(1e4, field_1e4)]))
+    cfg = config.load_config(_write_config(tmp_path, data_root, "denoise-ct", DN_MODEL, '["ct_a"]',
                                           "photons_range = [5e3, 5e5]"))
     cfg.data.normalisation = "ct-noise"
-    src = train.CTDenoiseSource(cfg, ["ct_a"], np.random.default_rng(1))
+    src = sources_ct.CTDenoiseSource(cfg, ["ct_a"], np.random.default_rng(1))
     stds = []
     for _ in range(6):
         x, y = src.sample()
@@ -315,7 +317,7 @@ def test_ct_noise_source_scales_every_dose_to_the_reference_noise(tmp_path: Path
         stds.append(float((x - y)[inside].std()))
     assert np.allclose(stds, normalise.CT_NOISE_REF_HU / normalise.CT_SCALE, rtol=0.15)
     cfg.data.normalisation = "ct"  # dose-blind: the noise std follows the dose (60 HU at 1e4 photons)
-    src = train.CTDenoiseSource(cfg, ["ct_a"], np.random.default_rng(1))
+    src = sources_ct.CTDenoiseSource(cfg, ["ct_a"], np.random.default_rng(1))
     stds = [float(np.std(np.subtract(*src.sample()))) for _ in range(6)]
     assert max(stds) / min(stds) > 2.0
 
@@ -325,10 +327,10 @@ def test_ct_source_shared_noise_texture_is_in_input_and_target(tmp_path: Path, d
     rng = np.random.default_rng(0)
     ref = np.full((16, 40, 40), 40.0)
     field_1e4 = rng.normal(0.0, 60.0, ref.shape)
-    monkeypatch.setattr(train, "ct_pairs_cached", lambda cfg, vol, vid: (ref, [(1e4, field_1e4)]))
-    cfg = train.load_config(_write_config(tmp_path, data_root, "denoise-ct", DN_MODEL, '["ct_a"]',
+    monkeypatch.setattr(sources_ct, "ct_pairs_cached", lambda cfg, vol, vid: (ref, [(1e4, field_1e4)]))
+    cfg = config.load_config(_write_config(tmp_path, data_root, "denoise-ct", DN_MODEL, '["ct_a"]',
                                           "photons_range = [1e4, 1e4]\nshared_noise_hu = [6.0, 6.0]"))
-    src = train.CTDenoiseSource(cfg, ["ct_a"], np.random.default_rng(1))
+    src = sources_ct.CTDenoiseSource(cfg, ["ct_a"], np.random.default_rng(1))
     x, y = src.sample()
     assert float(y.std()) == pytest.approx(6.0 / 1000.0, rel=0.1)  # the flat reference now carries 6 HU texture
     assert float((x - y).std()) == pytest.approx(60.0 / 1000.0, rel=0.1)  # plus the dose's own noise
@@ -339,7 +341,7 @@ def test_ema_weights_are_shipped(tmp_path: Path, data_root: Path) -> None:
     cfg = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]",
                         steps=3)
     cfg.write_text(cfg.read_text().replace("steps = 3", "steps = 3\nema_decay = 0.5\nlr = 0.01"))
-    shipped = torch.load(train.run_training(str(cfg), quiet=True), weights_only=True)
+    shipped = torch.load(loop.run_training(str(cfg), quiet=True), weights_only=True)
     ckpt = torch.load(tmp_path / "runs" / "tiny-denoise-mr" / "checkpoint.pt", weights_only=False)
     last, averaged = ckpt["model"], ckpt["averaged"]
     name = "head.weight"
@@ -347,4 +349,4 @@ def test_ema_weights_are_shipped(tmp_path: Path, data_root: Path) -> None:
     assert not torch.allclose(shipped[name], last[name])
     cfg.write_text(cfg.read_text().replace("ema_decay = 0.5", "ema_decay = 1.0"))
     with pytest.raises(ValueError, match="ema_decay"):
-        train.load_config(cfg)
+        config.load_config(cfg)

@@ -24,10 +24,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from MedSREnhanceLib import enhance  # noqa: E402
-from MedSREnhanceLib.enhance import _load_network  # noqa: E402
-from MedSREnhanceLib.train import macs_per_output_voxel  # noqa: E402
+from MedSREnhanceLib.engine.enhance import _load_network  # noqa: E402
+from MedSREnhanceLib.training.cards import macs_per_output_voxel  # noqa: E402
 from MedSREnhanceLib.models import registry  # noqa: E402
-from MedSREnhanceLib.volume import Volume  # noqa: E402
+from MedSREnhanceLib.core.volume import Volume  # noqa: E402
 
 TARGET_VOXELS = 256 * 256 * 160
 

@@ -48,7 +48,7 @@ def child(cfg: dict) -> None:
     import torch
 
     torch.set_num_threads(cfg["threads"])
-    from MedSREnhanceLib.inference import tiled_apply
+    from MedSREnhanceLib.engine.inference import tiled_apply
 
     shape = tuple(cfg["shape"])  # (D, H, W) numpy order
     rng = np.random.default_rng(0)

@@ -17,13 +17,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import baselines, normalise
-from .errors import CancelledError, InputError
-from .progress import CancelFn, Progress, ProgressFn
-from .models import registry
-from .models.registry import ModelSpec
-from .resample import resample_scale, resample_to
-from .volume import Scale, Volume, empty_like_resized, parse_scale, resized_geometry, validate
+from ..core import normalise
+from ..models import classical
+from ..core.errors import CancelledError, InputError
+from ..core.progress import CancelFn, Progress, ProgressFn
+from ..models import registry
+from ..models.registry import ModelSpec
+from ..core.resample import resample_scale, resample_to
+from ..core.volume import Scale, Volume, empty_like_resized, parse_scale, resized_geometry, validate
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _load_network(name: str) -> Any:
     import torch
 
     spec = registry.get(name)
-    module = importlib.import_module(f"{__package__}.models.{spec.arch}")
+    module = importlib.import_module(f"..models.{spec.arch}", __package__)
     net = getattr(module, spec.builder)(**spec.kwargs)
     state = torch.load(registry.verified_weights_path(spec), map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() for k, v in state.items()})
@@ -102,7 +103,7 @@ def _load_network(name: str) -> Any:
 def _run_classical(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, Any]) -> Volume:
     params = {**spec.params, **(ctx["params"] or {})}
     _report(ctx, 0, 1)
-    out = baselines.run(spec.method, volume, scale, params)
+    out = classical.run(spec.method, volume, scale, params)
     _report(ctx, 1, 1)
     return out
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import CancelledError
-from .progress import CancelFn, Progress, ProgressFn
+from ..core.errors import CancelledError
+from ..core.progress import CancelFn, Progress, ProgressFn
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .resample import from_sitk, resample_scale, to_sitk
-from .volume import Scale, Volume
+from ..core.resample import from_sitk, resample_scale, to_sitk
+from ..core.volume import Scale, Volume
 
 SR_METHODS = ("linear", "bspline", "sinc")
 DENOISE_METHODS = ("gaussian", "curvature_diffusion", "nlmeans")

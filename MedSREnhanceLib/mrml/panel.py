@@ -46,7 +46,7 @@ def model_choices(task: str, registry: Optional[dict[str, Any]] = None) -> list[
     ``registry`` defaults to MedSREnhanceLib.models.registry.REGISTRY.
     """
     if registry is None:
-        from .models.registry import REGISTRY as registry  # noqa: N811 - local alias of the static registry
+        from ..models.registry import REGISTRY as registry  # noqa: N811 - local alias of the static registry
     specs = [s for s in registry.values() if s.task == task]
     specs.sort(key=lambda s: (s.kind != "learned", s.name))
     out = [ModelChoice("auto", "auto (best bundled model)", "The best bundled model for the task and modality; "
@@ -96,7 +96,7 @@ AUTO_CLASSICAL: dict[str, str] = {"sr": "bspline", "denoise": "nlmeans"}  # enha
 def needs_torch(task: str, model: str, registry: Optional[dict[str, Any]] = None) -> bool:
     """Whether running ``model`` for ``task`` may import torch ("auto" may pick any learned model of the task)."""
     if registry is None:
-        from .models.registry import REGISTRY as registry  # noqa: N811
+        from ..models.registry import REGISTRY as registry  # noqa: N811
     if model == "auto":
         return any(s.task == task and s.kind == "learned" for s in registry.values())
     spec = registry.get(model)
@@ -106,7 +106,7 @@ def needs_torch(task: str, model: str, registry: Optional[dict[str, Any]] = None
 def required_packages(task: str, model: str, registry: Optional[dict[str, Any]] = None) -> list[str]:
     """pip requirements (other than torch, which comes from the PyTorch extension) the run may import."""
     if registry is None:
-        from .models.registry import REGISTRY as registry  # noqa: N811
+        from ..models.registry import REGISTRY as registry  # noqa: N811
     names = [AUTO_CLASSICAL.get(task, "")] if model == "auto" else [model]
     out: list[str] = []
     for name in names:
@@ -146,7 +146,7 @@ def torch_summary(torch_module: Any) -> str:
         elif cuda_build:
             line += "; no usable GPU found (driver too old or no device)"
         if not torch_module.cuda.is_available():  # what "auto" precision does on this CPU (inference.autocast_dtype)
-            from .inference import cpu_has_amx  # torch is loaded by now: the caller passed it in
+            from ..engine.inference import cpu_has_amx  # torch is loaded by now: the caller passed it in
 
             line += "; CPU inference in bf16 (AMX)" if cpu_has_amx(torch_module) else "; CPU inference in fp32"
     except Exception as exc:  # noqa: BLE001 - a broken CUDA install must not break the panel

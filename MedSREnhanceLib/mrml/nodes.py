@@ -1,4 +1,4 @@
-"""MRML adapter: Volume <-> vtkMRMLScalarVolumeNode, and enhancement of a volume node into two result nodes.
+"""MRML adapter: Volume <-> vtkMRMLScalarVolumeNode, and blocking enhancement of a volume node into result nodes.
 
 The only module of the library that imports ``slicer``; it runs inside 3D Slicer and with slicer-core (Slicer's
 MRML/logic libraries without Qt), where it is tested. Geometry is exact: MRML stores IJK->RAS, the library
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -27,9 +26,9 @@ if not hasattr(slicer, "vtkMRMLScene"):
     raise ImportError("the 'slicer' module found is not 3D Slicer's (the unrelated PyPI package 'slicer' hides "
                       "slicer-core: pip uninstall slicer, then reinstall slicer-core)")
 
-from . import slicer_helpers as helpers
-from .errors import CancelledError, InputError
-from .volume import Volume, parse_scale
+from . import panel as helpers
+from ..core.errors import CancelledError, InputError
+from ..core.volume import Volume, parse_scale
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +187,7 @@ def _place_in_hierarchy(scene: Any, input_node: Any, node: Any) -> None:
 # Enhancement
 # ----------------------------------------------------------------------------------------------------------------
 
-def _normalise_scale(task: str, scale: Any) -> tuple[float, float, float]:
+def normalised_scale(task: str, scale: Any) -> tuple[float, float, float]:
     if task == "denoise":
         return (1.0, 1.0, 1.0)
     return parse_scale(scale)
@@ -198,7 +197,7 @@ def _engine_call(volume: Volume, *, task: str, model: str, modality: str, scale:
                  tile: Optional[int], precision: str, progress: Optional[ProgressFn],
                  cancel: Optional[CancelFn]) -> Any:
     """MedSREnhanceLib.enhance.enhance with the options it supports (imported here: it pulls in torch)."""
-    from .enhance import enhance
+    from ..engine.enhance import enhance
 
     kwargs: dict[str, Any] = dict(task=task, model=model, modality=modality, scale=tuple(scale), device=device,
                                   tile=tile or None, progress=progress, cancel=cancel)
@@ -324,7 +323,7 @@ def compute_volume(volume: Volume, *, task: str, model: str = "auto", scale: Any
         raise InputError(f"unknown task {task!r}; expected one of {', '.join(helpers.TASKS)}")
     if modality == "auto" and volume.metadata.get("modality"):
         modality = volume.metadata["modality"]
-    result = _engine_call(volume, task=task, model=model, modality=modality, scale=_normalise_scale(task, scale),
+    result = _engine_call(volume, task=task, model=model, modality=modality, scale=normalised_scale(task, scale),
                           device=device, tile=tile, precision=precision, progress=progress, cancel=cancel)
     # A cancel that arrives during the last tile still wins: the user asked for the scene to stay as it was.
     if cancel is not None and cancel():
@@ -360,138 +359,5 @@ def enhance_volume_node(
     """
     result = compute(input_node, task=task, model=model, scale=scale, device=device, modality=modality, tile=tile,
                      precision=precision, progress=progress, cancel=cancel)
-    return apply_result(input_node, result, task=task, scale=_normalise_scale(task, scale),
+    return apply_result(input_node, result, task=task, scale=normalised_scale(task, scale),
                         enhanced_node=enhanced_node, difference_node=difference_node)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Non-blocking runs and the logic core the scripted module wraps
-# ----------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class JobOutcome:
-    enhanced_node: Any = None
-    difference_node: Any = None
-    cancelled: bool = False
-    error: Optional[BaseException] = None
-    model: str = ""
-    device: str = ""
-    messages: list[str] = field(default_factory=list)
-    elapsed: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and not self.cancelled
-
-
-class EnhanceJob:
-    """One non-blocking enhancement: the engine in a worker thread, the scene touched only in ``poll()``.
-
-    The caller polls from the thread that owns the scene (the Slicer logic uses a qt.QTimer every ~100 ms).
-    ``poll()`` forwards new progress to ``progress_callback`` and, once the worker ends, builds the nodes and calls
-    ``completed_callback(JobOutcome)`` exactly once. ``cancel()`` returns at once; the worker stops at the next
-    tile boundary and a result that still arrives is discarded.
-    """
-
-    def __init__(self, input_node: Any, *, task: str, model: str = "auto", scale: Any = 1, device: str = "auto",
-                 modality: str = "auto", tile: Optional[int] = None, precision: str = "auto",
-                 enhanced_node: Any = None, difference_node: Any = None,
-                 progress_callback: Optional[ProgressFn] = None,
-                 completed_callback: Optional[Callable[[JobOutcome], None]] = None) -> None:
-        self.input_node = input_node
-        self.task = task
-        self.scale = _normalise_scale(task, scale)
-        self.enhanced_node = enhanced_node
-        self.difference_node = difference_node
-        self.progress_callback = progress_callback
-        self.completed_callback = completed_callback
-        self.outcome: Optional[JobOutcome] = None
-        volume = volume_from_node(input_node)  # copied here, in the scene thread
-        opts = dict(task=task, model=model, scale=self.scale, device=device, modality=modality, tile=tile,
-                    precision=precision)
-        self._worker = helpers.Worker(
-            lambda progress, cancel: compute_volume(volume, progress=progress, cancel=cancel, **opts))
-
-    def start(self) -> "EnhanceJob":
-        self._worker.start()
-        return self
-
-    def cancel(self) -> None:
-        self._worker.cancel()
-
-    @property
-    def finished(self) -> bool:
-        return self.outcome is not None
-
-    def poll(self) -> bool:
-        """Forward progress; finish up when the worker is done. Returns True once finished."""
-        if self.outcome is not None:
-            return True
-        progress = self._worker.new_progress()
-        if progress is not None and self.progress_callback is not None and not self._worker.cancel_requested:
-            self.progress_callback(progress)
-        if not self._worker.done:
-            return False
-        result, error = self._worker.outcome()
-        outcome = JobOutcome(elapsed=_elapsed(self._worker))
-        if self._worker.cancel_requested or isinstance(error, CancelledError):
-            outcome.cancelled = True
-        elif error is not None:
-            outcome.error = error
-        else:
-            try:
-                outcome.enhanced_node, outcome.difference_node = apply_result(
-                    self.input_node, result, task=self.task, scale=self.scale,
-                    enhanced_node=self.enhanced_node, difference_node=self.difference_node)
-                outcome.model = str(getattr(result, "model", ""))
-                outcome.device = result.ran_on
-                outcome.messages = list(getattr(result, "messages", []) or [])
-            except Exception as exc:  # noqa: BLE001 - reported through the outcome like engine errors
-                outcome.error = exc
-        self.outcome = outcome
-        if self.completed_callback is not None:
-            self.completed_callback(outcome)
-        return True
-
-    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> JobOutcome:
-        """Poll until finished (for scripts and tests that own the scene thread)."""
-        import time
-
-        deadline = None if timeout is None else time.perf_counter() + timeout
-        while not self.poll():
-            if deadline is not None and time.perf_counter() > deadline:
-                raise TimeoutError("enhancement did not finish in time")
-            self._worker.wait(interval)
-        assert self.outcome is not None
-        return self.outcome
-
-
-def _elapsed(worker: helpers.Worker) -> float:
-    import time
-
-    return 0.0 if worker.started_at is None else time.perf_counter() - worker.started_at
-
-
-class EnhanceLogic:
-    """The module logic without ScriptedLoadableModule: what ``MedSREnhanceLogic`` delegates to (and tests use)."""
-
-    def process(self, inputVolumeNode: Any, task: str = "sr", model: str = "auto", scale: Any = 2,  # noqa: N803
-                device: str = "auto", *, modality: str = "auto", tile: Optional[int] = None,
-                precision: str = "auto", enhancedVolumeNode: Any = None, differenceVolumeNode: Any = None,
-                progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> tuple[Any, Any]:
-        """Blocking: returns (enhancedNode, differenceNode)."""
-        return enhance_volume_node(inputVolumeNode, task=task, model=model, scale=scale, device=device,
-                                   progress=progress, cancel=cancel, enhanced_node=enhancedVolumeNode,
-                                   difference_node=differenceVolumeNode, modality=modality, tile=tile,
-                                   precision=precision)
-
-    def processAsync(self, inputVolumeNode: Any, task: str = "sr", model: str = "auto", scale: Any = 2,  # noqa: N802,N803
-                     device: str = "auto", *, modality: str = "auto", tile: Optional[int] = None,
-                     precision: str = "auto", enhancedVolumeNode: Any = None, differenceVolumeNode: Any = None,
-                     progressCallback: Optional[ProgressFn] = None,
-                     completedCallback: Optional[Callable[[JobOutcome], None]] = None) -> EnhanceJob:
-        """Non-blocking: starts and returns an EnhanceJob; the caller drives ``job.poll()``."""
-        return EnhanceJob(inputVolumeNode, task=task, model=model, scale=scale, device=device, modality=modality,
-                          tile=tile, precision=precision, enhanced_node=enhancedVolumeNode,
-                          difference_node=differenceVolumeNode, progress_callback=progressCallback,
-                          completed_callback=completedCallback).start()

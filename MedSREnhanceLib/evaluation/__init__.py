@@ -1,0 +1,1 @@
+"""Evaluation: reference metrics and `medsr bench` (cases, tuned classical baselines, scoring, runner, report)."""

@@ -1,0 +1,151 @@
+"""Runs every case on every volume: degrade, baselines, learned models, score; writes results.json/.md."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from ..models import registry
+from . import baselines
+from .baselines import classical_rows, fourier_zerofill, run_method
+from .cache import jsonable
+from .cases import BenchSettings, BenchVolume, Case, degraded_pair, parse_case
+from .report import learned_precision, markdown, plot_case
+from .scoring import Scorer, judge
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+
+def learned_models_for(case: Case, requested: Sequence[str] | str) -> list[str]:
+    """Learned models to run on a case.
+
+    "auto": the one ``enhance(model="auto")`` picks for the case (what a user gets), if it is learned; "all": every
+    learned model that serves the case; "none"; or the requested names, those that serve the case.
+    """
+    from ..engine.enhance import select_model, serves
+
+    scale = case.scale if case.task == "sr" else (1.0, 1.0, 1.0)
+    if requested == "none":
+        return []
+    if requested == "auto":
+        spec = select_model(case.task, case.modality, scale)
+        return [spec.name] if spec.kind == "learned" else []
+    specs = list(registry.LEARNED) if requested == "all" else [registry.get(n) for n in requested]
+    return [s.name for s in specs if s.kind == "learned" and case.modality in s.modalities and serves(s, case.task, scale)]
+
+
+def provenance(model: str, volume_id: str) -> dict[str, Any]:
+    """Which weights ran, and whether the model card says this volume was seen in training or validation."""
+    spec = registry.get(model)
+    card = spec.card_data()
+    training = card.get("training", {}) if isinstance(card.get("training"), dict) else {}
+    seen_train = volume_id in (training.get("volumes") or card.get("training_volumes") or [])
+    seen_val = volume_id in (training.get("validation_volumes") or [])
+    return {"weights_sha256": spec.sha256, "held_out": not (seen_train or seen_val),
+            "seen_in": "training" if seen_train else "validation" if seen_val else None}
+
+
+def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Path) -> dict[str, Any]:
+    """Run one (case, volume): degrade, tune and run baselines, run learned models, score, plot."""
+    t_start = time.perf_counter()
+    inp, gt, notes, start, size = degraded_pair(case, bv, settings)
+    logger.info("%s / %s: ground truth %s voxels, input %s voxels", case.name, bv.id, gt.size, inp.size)
+    scorer = Scorer.for_reference(gt, case.modality)
+    rows: list[dict[str, Any]] = []
+
+    if case.task == "denoise":  # the noisy input itself: what every method must improve on
+        scores, grid = scorer.score(inp)
+        rows.append({"model": "input (degraded)", "kind": "input", "params": {}, "tuned_for": None,
+                     "metrics": scores, "seconds": 0.0, "grid": grid})
+    base_rows, outputs = classical_rows(case, inp, gt, scorer, settings)
+    rows.extend(base_rows)
+    if case.degradation == "kspace_truncation":
+        # Not a product baseline (GUIDE lists linear, B-spline, sinc) but what scanners do: zero-filled k-space
+        # interpolation, the exact inverse of the truncation's band limit. Shown so gains are read against it too.
+        t0 = time.perf_counter()
+        out = fourier_zerofill(inp, case.scale)
+        seconds = time.perf_counter() - t0
+        scores, grid = scorer.score(out)
+        rows.append({"model": "fourier-zerofill (reference)", "kind": "reference", "params": {}, "tuned_for": None,
+                     "metrics": scores, "seconds": seconds, "grid": grid})
+
+    for name in learned_models_for(case, settings.models):
+        out, seconds, messages = run_method(inp, case, name, None, settings.device)
+        scores, grid = scorer.score(out)
+        rows.append({"model": name, "kind": "learned", "params": {}, "tuned_for": None, "metrics": scores,
+                     "seconds": seconds, "grid": grid, "messages": messages, **provenance(name, bv.id)})
+        outputs[name] = out
+
+    verdicts = judge(rows, case.modality)
+    png = None
+    if settings.png:
+        png = plot_case(case, bv, gt, inp, rows, outputs, verdicts, scorer, out_dir)
+    for r in rows:
+        r.pop("_output", None)
+    return {"case": case.name, "volume": bv.id, "file": str(bv.path), "modality": case.modality,
+            "notes": notes, "crop": {"start_zyx": list(start), "size_zyx": list(size),
+                                     "ground_truth_size_ijk": list(gt.size), "input_size_ijk": list(inp.size),
+                                     "input_spacing": list(inp.spacing)},
+            "foreground_voxels": int(scorer.mask.sum()), "mr_normaliser": scorer.mr_scale if case.modality == "mr" else None,
+            "rows": rows, "verdicts": verdicts, "png": png, "seconds": time.perf_counter() - t_start}
+
+
+def _git_revision() -> str:
+    """Short commit of the library's checkout, "+modified" when the library's files differ from it."""
+    import subprocess
+
+    here = Path(__file__).resolve().parents[1]  # the library's root folder
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True, text=True,
+                               timeout=10, cwd=here).stdout.strip()
+        return (rev + ("+modified" if dirty else "")) if rev else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def run_bench(volumes: Sequence[BenchVolume], out_dir: str | Path, settings: Optional[BenchSettings] = None,
+              on_result: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """Run every case on every volume of its modality; writes results.md, results.json and png/ in ``out_dir``.
+
+    Returns the report (the content of results.json).
+    """
+    settings = settings or BenchSettings()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = [parse_case(c, settings.photons, settings.electronic_noise, settings.n_angles) for c in settings.cases]
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {
+        "command": settings.command, "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "git": _git_revision(),
+        "settings": {"cases": list(settings.cases), "models": settings.models if isinstance(settings.models, str)
+                     else list(settings.models), "crop": settings.crop, "tune_block": settings.tune_block,
+                     "seed": settings.seed, "device": settings.device,
+                     "learned_precision": learned_precision(settings.device), **settings.extra},
+        "tuning_grids": baselines.TUNING_GRIDS,
+        "cases": [{"name": c.name, "modality": c.modality, "task": c.task, "degradation": c.degradation,
+                   "params": c.params, "scale": list(c.scale)} for c in cases],
+        "volumes": [{"id": v.id, "file": str(v.path), "modality": v.modality} for v in volumes],
+        "results": [],
+    }
+    for case in cases:
+        for bv in volumes:
+            if bv.modality != case.modality:
+                continue
+            logger.info("bench %s on %s", case.name, bv.id)
+            res = bench_one(case, bv, settings, out)
+            report["results"].append(res)
+            report["seconds"] = time.perf_counter() - t0
+            # Written after every volume: a long run that is stopped still leaves its finished numbers.
+            (out / "results.json").write_text(json.dumps(jsonable(report), indent=1))
+            (out / "results.md").write_text(markdown(report))
+            if on_result is not None:
+                on_result(res)
+    report["seconds"] = time.perf_counter() - t0
+    (out / "results.json").write_text(json.dumps(jsonable(report), indent=1))
+    (out / "results.md").write_text(markdown(report))
+    return report

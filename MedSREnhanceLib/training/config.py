@@ -1,0 +1,158 @@
+"""Training configs: four typed TOML tables ([model], [data], [degrade], [train]), checked on load."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ModelConfig:
+    name: str  # bundled model name, e.g. "mr-sr-x2"; also the weights/card file stem
+    arch: str  # module in MedSREnhanceLib.models
+    builder: str  # class in that module
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the typed constructor (typos fail there)
+    init_from: str = ""  # optional state_dict to start from (fine-tuning), relative to the repo root
+    init_strict: bool = True  # False: copy only tensors whose names and shapes match (body transfer)
+
+
+@dataclass
+class DataConfig:
+    task: str  # "sr" | "throughplane" | "denoise-mr" | "denoise-ct"
+    train_ids: list[str]
+    val_ids: list[str] = field(default_factory=list)
+    data_root: str = "../shared/data"  # relative paths here and below: to the repository root
+    patch: int = 32  # target (HR) patch edge in voxels (2D patches for throughplane)
+    zscore_variants: bool = True  # add brain-z-scored copies (background 0, negative tissue values)
+    cache_dir: str = "../cache"  # precomputed CT pairs (never inside the repo)
+    ct_max_slices: int = 32  # central axial slices per CT volume used for the low-dose pairs
+    max_extent: int = 0  # crop every axis to at most this many central voxels (0: whole volumes)
+    normalisation: str = ""  # a normalise.forward kind; "" = by task ("ct" for denoise-ct, else "mr")
+
+
+@dataclass
+class DegradeConfig:
+    scale: int = 2  # isotropic SR factor
+    factor_range: list[float] = field(default_factory=lambda: [2.0, 6.0])  # through-plane slice ratios
+    profiles: list[str] = field(default_factory=lambda: ["gaussian", "rect"])
+    noise_range: list[float] = field(default_factory=lambda: [0.0, 0.0])  # Rician level range
+    noise_prob: float = 0.0  # probability of adding Rician noise to an input (SR robustness)
+    # MR denoising targets carry their own noise (~3 % of the robust maximum on the stroke volumes, by
+    # normalise.noise_sigma); noise present in both input and target teaches the net to keep part of it (it keeps
+    # s1^2 / (s1^2 + s2^2) of noise it cannot tell apart), which showed as residual noise in flat white matter.
+    # target_noise_max > 0: k-space-downsample each training volume (axes of >= 64 voxels) by the factor that
+    # brings its own noise to this level (n axes truncated by f lower white noise by f^(n/2)), times a factor
+    # drawn from downsample_range at every refresh (also packs more structure into each voxel).
+    target_noise_max: float = 0.0
+    downsample_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    # own_noise_correction: the loss compares pred + r (x - pred) with the noisy target, r = s0^2 / (s0^2 + sa^2)
+    # (s0 the target's own noise, sa the added), so that pred estimates the clean signal: for Gaussian noise,
+    # E[target | x] = clean + r (x - clean) (Noisier2Noise, Moran et al. 2020, with unequal variances). Voxels
+    # where the target is exactly 0 (masked background) carry no own noise and get r = 0.
+    own_noise_correction: bool = False
+    photons_sim: list[float] = field(default_factory=lambda: [1e4])  # simulated photon counts (CT cache)
+    photons_range: list[float] = field(default_factory=lambda: [1e4, 1e5])  # dose range drawn in training
+    electronic_noise_std: float = 5.0
+    # CT: std range (HU) of a reconstruction-noise texture added to input and target alike: a real scan's own noise,
+    # which the reference of a simulated low dose keeps. Without it the net learned to remove all noise and
+    # over-smoothed 1e5-photon lung CT, whose reference carries ~7 HU (a 0.8 blend with the input scored better).
+    shared_noise_hu: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    n_angles: int = 360
+    refresh_every: int = 50  # steps between fresh random degradations of the whole training volumes
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch: int = 4
+    lr: float = 1e-3
+    lr_final_fraction: float = 0.05  # cosine decay to this fraction of lr
+    warmup_steps: int = 0  # linear lr warm-up: small first Adam steps while the output is still near the identity
+    ssim_weight: float = 0.2
+    seed: int = 0
+    threads: int = 1
+    checkpoint_minutes: float = 3.0
+    max_minutes: float = 35.0  # hard wall-clock stop (a truncated run says so in its card)
+    val_every: int = 200
+    run_dir: str = "../runs"  # checkpoints (outside the repo)
+    out_dir: str = ""  # default: MedSREnhanceLib/weights
+    # "bf16": CPU autocast for the forward pass (fp32 master weights and loss). On an AMX CPU a denoiser step took
+    # 0.34 s in bf16 vs 0.85 s in fp32 (batch 4, 1 thread); without AMX bf16 was ~20x slower (README).
+    precision: str = "fp32"
+    grad_clip: float = 0.0  # > 0: clip the gradient norm (a bf16 MR denoiser run at lr 1e-3 spiked to 25x its loss)
+    # > 0: ship an exponential moving average of the weights (decay per step) instead of the last step's. The MR
+    # denoiser's held-out scores swung by up to 1 dB between checkpoints 3 minutes apart.
+    ema_decay: float = 0.0
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    data: DataConfig
+    degrade: DegradeConfig
+    train: TrainConfig
+
+
+def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(table) - names
+    if unknown:
+        raise ValueError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
+    return cls(**table)
+
+
+def _from_repo(path: str) -> str:
+    return str(path if not path or Path(path).is_absolute() else (REPO_ROOT / path).resolve())
+
+
+def _check_range(values: list[float], name: str, minimum: float) -> float:
+    """A [degrade] [lo, hi] pair with minimum <= lo <= hi; returns hi."""
+    if len(values) != 2 or not minimum <= values[0] <= values[1]:
+        raise ValueError(f"[degrade] {name} must be [lo, hi] with {minimum:g} <= lo <= hi, not {values}")
+    return float(values[1])
+
+
+def load_config(path: str | Path, data_root: str = "") -> Config:
+    """Parse a TOML config; relative directories resolve against the repository root, so a config means the
+    same thing from any working directory. ``data_root`` overrides the config's."""
+    raw = tomllib.loads(Path(path).read_text())
+    unknown = set(raw) - {"model", "data", "degrade", "train"}
+    if unknown:
+        raise ValueError(f"unknown table(s) in {path}: {', '.join(sorted(unknown))}")
+    cfg = Config(
+        model=_build(ModelConfig, raw["model"], "model"),
+        data=_build(DataConfig, raw["data"], "data"),
+        degrade=_build(DegradeConfig, raw.get("degrade", {}), "degrade"),
+        train=_build(TrainConfig, raw.get("train", {}), "train"),
+    )
+    if cfg.train.precision not in ("fp32", "bf16"):  # before any data is loaded or simulated
+        raise ValueError(f"[train] precision must be fp32 or bf16, not {cfg.train.precision!r}")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ValueError(f"[train] ema_decay must be in [0, 1), not {cfg.train.ema_decay}")
+    allowed = {"denoise-mr": ("mr", "mr-noise"), "denoise-ct": ("ct", "ct-noise")}.get(cfg.data.task, ())
+    if cfg.data.normalisation and cfg.data.normalisation not in allowed:  # only the denoising sources read it
+        raise ValueError(f"[data] normalisation {cfg.data.normalisation!r} is not one task {cfg.data.task} "
+                         f"can use ({', '.join(allowed) or 'none: it uses its own'})")
+    if cfg.degrade.target_noise_max < 0.0:
+        raise ValueError(f"[degrade] target_noise_max must be >= 0, not {cfg.degrade.target_noise_max}")
+    down_hi = _check_range(cfg.degrade.downsample_range, "downsample_range", 1.0)
+    if (down_hi > 1.0 or cfg.degrade.target_noise_max != 0.0 or cfg.degrade.own_noise_correction) \
+            and cfg.data.task != "denoise-mr":
+        raise ValueError("[degrade] downsample_range, target_noise_max and own_noise_correction are for task "
+                         "denoise-mr")
+    if _check_range(cfg.degrade.shared_noise_hu, "shared_noise_hu", 0.0) > 0.0 and cfg.data.task != "denoise-ct":
+        raise ValueError("[degrade] shared_noise_hu is for task denoise-ct")
+    if data_root:
+        cfg.data.data_root = str(Path(data_root).resolve())
+    cfg.data.data_root, cfg.data.cache_dir = _from_repo(cfg.data.data_root), _from_repo(cfg.data.cache_dir)
+    cfg.train.run_dir, cfg.train.out_dir = _from_repo(cfg.train.run_dir), _from_repo(cfg.train.out_dir)
+    return cfg
+
+
+def normalisation_of(cfg: Config) -> str:
+    return cfg.data.normalisation or ("ct" if cfg.data.task == "denoise-ct" else "mr")
