@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -77,20 +78,9 @@ def run_demo(out_dir: str | Path = "medsr_demo", quiet: bool = False) -> str:
     out.mkdir(parents=True, exist_ok=True)
     truth = _crop_to_multiple(read_volume(sample_path()), SCALE)
     low = simulate.kspace_truncation(truth, SCALE)
-    progress = None
-    if not quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(unit="tile", desc="enhance", leave=False)
-
-        def progress(p) -> None:  # type: ignore[no-untyped-def]
-            bar.total = p.total
-            bar.n = p.done
-            bar.refresh()
-
+    progress, close_bar = _progress_bar(quiet)
     result = enhance(low, task="sr", scale=SCALE, model="auto", modality="mr", progress=progress)
-    if not quiet:
-        bar.close()
+    close_bar()
     baseline = enhance(low, task="sr", scale=SCALE, model="bspline", modality="mr")
     mask = metrics.foreground_mask(truth.array, "mr")
     scores = {}
@@ -124,6 +114,27 @@ def run_demo(out_dir: str | Path = "medsr_demo", quiet: bool = False) -> str:
         "sample_in_training_set": seen, "messages": result.messages,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return "\n".join(_report_lines(result, scores, gain, seen, out))
+
+
+def _progress_bar(quiet: bool) -> tuple[Any, Callable[[], None]]:
+    """(progress callback, close) of a tqdm bar over tiles; (None, no-op) when quiet."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(unit="tile", desc="enhance", leave=False)
+
+    def progress(p: Any) -> None:
+        bar.total = p.total
+        bar.n = p.done
+        bar.refresh()
+
+    return progress, bar.close
+
+
+def _report_lines(result: Any, scores: dict[str, dict[str, float]], gain: float, seen: bool, out: Path) -> list[str]:
+    """What `medsr demo` prints: model, device, time, the measured gain and the files written."""
     lines = [
         f"medsr demo: MNI152 T1 template, x{SCALE} k-space truncation, enhanced with {result.model} on "
         f"{result.ran_on} in {result.seconds:.1f} s",
@@ -137,4 +148,4 @@ def run_demo(out_dir: str | Path = "medsr_demo", quiet: bool = False) -> str:
         lines.append("  note: this template is among the model's training volumes; held-out figures are in "
                      "benchmarks/results/results.md")
     lines += [f"  {m}" for m in result.messages]
-    return "\n".join(lines)
+    return lines

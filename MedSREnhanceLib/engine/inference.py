@@ -99,6 +99,35 @@ def _gaussian_window(shape: Sequence[int], sigma_scale: float = 0.125) -> np.nda
     return np.maximum(w / w.max(), 1e-12).astype(np.float32)
 
 
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # (start, stop) per array axis
+
+
+def plan_windows(shape: Sequence[int], tiles: Sequence[int], *, mode: str, halo: int, overlap: float,
+                 ) -> list[tuple[Box, Box]]:
+    """(read box, core box) of every window, in input voxels.
+
+    "crop": cores tile the volume without overlap and each reads ``halo`` more voxels around (clipped at the
+    edges); "blend": windows of the tile size overlap by ``overlap`` and read exactly their core.
+    """
+    if mode == "crop":
+        steps = [min(t, n) for t, n in zip(tiles, shape)]
+        grid = [list(range(0, n, st)) for n, st in zip(shape, steps)]
+    elif mode == "blend":
+        steps = [min(t, n) for t, n in zip(tiles, shape)]
+        grid = [_starts(n, w, max(1, int(round(w * (1 - overlap))))) for n, w in zip(shape, steps)]
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    windows = []
+    for start in ((a, b, c) for a in grid[0] for b in grid[1] for c in grid[2]):
+        if mode == "crop":
+            core = tuple((s0, min(s0 + st, n)) for s0, st, n in zip(start, steps, shape))
+            read = tuple((max(0, a - halo), min(n, b + halo)) for (a, b), n in zip(core, shape))
+        else:
+            core = read = tuple((s0, s0 + w) for s0, w in zip(start, steps))
+        windows.append((read, core))
+    return windows  # type: ignore[return-value]
+
+
 def tiled_apply(
     array: np.ndarray,
     net: Net,
@@ -123,35 +152,22 @@ def tiled_apply(
         raise ValueError(f"tiled_apply needs a 3D array, got shape {array.shape}")
     device = torch.device(device)
     tiles = (tile,) * 3 if isinstance(tile, int) else tuple(tile)
-    shape = array.shape
-    out_shape = tuple(n * s for n, s in zip(shape, scale))
+    windows = plan_windows(array.shape, tiles, mode=mode, halo=halo, overlap=overlap)
+    out_shape = tuple(n * s for n, s in zip(array.shape, scale))
     out = np.zeros(out_shape, np.float32)
-    if mode == "crop":
-        steps = [min(t, n) for t, n in zip(tiles, shape)]
-        grid = [list(range(0, n, st)) for n, st in zip(shape, steps)]
-        weights = None
-    elif mode == "blend":
-        win = [min(t, n) for t, n in zip(tiles, shape)]
-        grid = [_starts(n, w, max(1, int(round(w * (1 - overlap))))) for n, w in zip(shape, win)]
+    weights = window_w = None
+    if mode == "blend":
         weights = np.zeros(out_shape, np.float32)
-        window_w = _gaussian_window([w * s for w, s in zip(win, scale)])
-    else:
-        raise ValueError(f"unknown mode {mode!r}")
-    positions = [(a, b, c) for a in grid[0] for b in grid[1] for c in grid[2]]
-    total = len(positions)
+        window_w = _gaussian_window([(b - a) * s for (a, b), s in zip(windows[0][1], scale)])
+    total = len(windows)
     t0 = time.perf_counter()
     autocast = (
         torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else _nullcontext()
     )
     with torch.inference_mode(), autocast:
-        for done, start in enumerate(positions):
+        for done, (read, core) in enumerate(windows):
             if cancel is not None and cancel():
                 raise CancelledError("cancelled by the user")
-            if mode == "crop":
-                core = [(s0, min(s0 + st, n)) for s0, st, n in zip(start, steps, shape)]
-                read = [(max(0, a - halo), min(n, b + halo)) for (a, b), n in zip(core, shape)]
-            else:
-                core = read = [(s0, s0 + w) for s0, w in zip(start, win)]
             block = array[read[0][0]:read[0][1], read[1][0]:read[1][1], read[2][0]:read[2][1]]
             x = torch.from_numpy(np.ascontiguousarray(block))[None, None].to(device)
             y = net(x).float()[0, 0].cpu().numpy()

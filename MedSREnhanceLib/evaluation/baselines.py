@@ -127,17 +127,9 @@ def classical_rows(case: Case, inp: Volume, gt: Volume, scorer: Scorer, settings
     With ``settings.cache`` the rows and outputs of an earlier run are reused when the degraded input, the ground
     truth, the tuning grids and the baseline code are identical (hash-checked); such rows carry ``"cached": true``.
     """
-    from ..models import classical
-
     cache_json = cache_npz = None
     if settings.cache:
-        task_grids = {s.name: TUNING_GRIDS.get(s.name) for s in registry.CLASSICAL if s.task == case.task}
-        key = hashlib.sha256(json.dumps([array_hash(inp, gt), case.name, task_grids, list(TUNE_ON_BLOCK),
-                                         settings.tune_block, source_hash(classical, metrics),
-                                         [(s.name, s.method, s.params) for s in registry.CLASSICAL]],
-                                        default=str).encode()).hexdigest()[:16]
-        stem = Path(settings.cache) / f"classical__{case.name}__{key}"
-        cache_json, cache_npz = stem.with_suffix(".json"), stem.with_suffix(".npz")
+        cache_json, cache_npz = _classical_cache_paths(case, inp, gt, settings)
         if cache_json.exists() and cache_npz.exists():
             rows = json.loads(cache_json.read_text())
             for r in rows:
@@ -150,41 +142,64 @@ def classical_rows(case: Case, inp: Volume, gt: Volume, scorer: Scorer, settings
     for spec in registry.CLASSICAL:
         if spec.task != case.task or case.modality not in spec.modalities:
             continue
-        grid_params = TUNING_GRIDS.get(spec.name)
-        if not grid_params:
-            out, seconds, messages = run_method(inp, case, spec.name, None, settings.device)
+        if TUNING_GRIDS.get(spec.name):
+            spec_rows, spec_outputs = _tuned_rows(spec.name, case, inp, gt, scorer, settings)
+        else:
+            out, seconds, _ = run_method(inp, case, spec.name, None, settings.device)
             scores, grid = scorer.score(out)
-            rows.append({"model": spec.name, "kind": "classical", "params": {}, "tuned_for": None,
-                         "tuning": "no free parameter", "metrics": scores, "seconds": seconds, "grid": grid,
-                         "_output": spec.name})
-            outputs[spec.name] = out
-            continue
-        tune_note = "tuned on the whole (cropped) volume"
-        t_inp, t_scorer = inp, scorer
-        if spec.name in TUNE_ON_BLOCK and max(inp.array.shape) > settings.tune_block:
-            b_start, b_size = central_block(scorer.mask, settings.tune_block)
-            t_inp = crop_volume(inp, b_start, b_size)
-            t_scorer = Scorer.for_reference(crop_volume(gt, b_start, b_size), case.modality)
-            t_scorer.mr_scale = scorer.mr_scale  # same intensity normalisation as the full volume
-            tune_note = f"tuned on a central {b_size[2]}x{b_size[1]}x{b_size[0]} block, then run on the whole volume"
-        logger.info("%s: tuning %s (%d settings)", case.name, spec.name, len(grid_params))
-        best, trials, tune_seconds = tune(case, spec.name, t_inp, t_scorer, grid_params, settings.device)
-        done: dict[str, dict[str, Any]] = {}
-        for obj, params in best.items():
-            key = json.dumps(params, sort_keys=True)
-            if key not in done:
-                out, seconds, _ = run_method(inp, case, spec.name, params, settings.device)
-                scores, grid = scorer.score(out)
-                done[key] = {"model": spec.name, "kind": "classical", "params": params, "tuned_for": [obj],
-                             "tuning": tune_note, "tuning_seconds": tune_seconds, "tuning_trials": trials,
-                             "at_grid_edge": _at_edge(grid_params, params), "metrics": scores, "seconds": seconds,
-                             "grid": grid, "_output": f"{spec.name}:{key}"}
-                outputs[f"{spec.name}:{key}"] = out
-            else:
-                done[key]["tuned_for"].append(obj)
-        rows.extend(done.values())
+            spec_rows = [{"model": spec.name, "kind": "classical", "params": {}, "tuned_for": None,
+                          "tuning": "no free parameter", "metrics": scores, "seconds": seconds, "grid": grid,
+                          "_output": spec.name}]
+            spec_outputs = {spec.name: out}
+        rows.extend(spec_rows)
+        outputs.update(spec_outputs)
     if cache_json is not None and cache_npz is not None:
         cache_json.parent.mkdir(parents=True, exist_ok=True)
         save_volumes(cache_npz, outputs)
         cache_json.write_text(json.dumps(jsonable(rows)))
     return rows, outputs
+
+
+def _classical_cache_paths(case: Case, inp: Volume, gt: Volume, settings: BenchSettings) -> tuple[Path, Path]:
+    """Cache files keyed by everything the classical rows depend on: inputs, grids, baseline code, registry."""
+    from ..models import classical
+
+    task_grids = {s.name: TUNING_GRIDS.get(s.name) for s in registry.CLASSICAL if s.task == case.task}
+    key = hashlib.sha256(json.dumps([array_hash(inp, gt), case.name, task_grids, list(TUNE_ON_BLOCK),
+                                     settings.tune_block, source_hash(classical, metrics),
+                                     [(s.name, s.method, s.params) for s in registry.CLASSICAL]],
+                                    default=str).encode()).hexdigest()[:16]
+    stem = Path(str(settings.cache)) / f"classical__{case.name}__{key}"
+    return stem.with_suffix(".json"), stem.with_suffix(".npz")
+
+
+def _tuned_rows(name: str, case: Case, inp: Volume, gt: Volume, scorer: Scorer, settings: BenchSettings,
+                ) -> tuple[list[dict[str, Any]], dict[str, Volume]]:
+    """One tunable baseline: grid search per objective (on a central block for slow methods), then one full run
+    per distinct best setting."""
+    grid_params = TUNING_GRIDS[name]
+    tune_note = "tuned on the whole (cropped) volume"
+    t_inp, t_scorer = inp, scorer
+    if name in TUNE_ON_BLOCK and max(inp.array.shape) > settings.tune_block:
+        b_start, b_size = central_block(scorer.mask, settings.tune_block)
+        t_inp = crop_volume(inp, b_start, b_size)
+        t_scorer = Scorer.for_reference(crop_volume(gt, b_start, b_size), case.modality)
+        t_scorer.mr_scale = scorer.mr_scale  # same intensity normalisation as the full volume
+        tune_note = f"tuned on a central {b_size[2]}x{b_size[1]}x{b_size[0]} block, then run on the whole volume"
+    logger.info("%s: tuning %s (%d settings)", case.name, name, len(grid_params))
+    best, trials, tune_seconds = tune(case, name, t_inp, t_scorer, grid_params, settings.device)
+    done: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, Volume] = {}
+    for obj, params in best.items():
+        key = json.dumps(params, sort_keys=True)
+        if key in done:
+            done[key]["tuned_for"].append(obj)
+            continue
+        out, seconds, _ = run_method(inp, case, name, params, settings.device)
+        scores, grid = scorer.score(out)
+        done[key] = {"model": name, "kind": "classical", "params": params, "tuned_for": [obj],
+                     "tuning": tune_note, "tuning_seconds": tune_seconds, "tuning_trials": trials,
+                     "at_grid_edge": _at_edge(grid_params, params), "metrics": scores, "seconds": seconds,
+                     "grid": grid, "_output": f"{name}:{key}"}
+        outputs[f"{name}:{key}"] = out
+    return list(done.values()), outputs

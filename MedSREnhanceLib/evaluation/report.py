@@ -49,6 +49,14 @@ def learned_precision(device: str) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    """results.md: how the run was made, the summary against the bar, then every case and volume in full."""
+    lines = _header_lines(report) + _summary_lines(report) + [""]
+    for case in report["cases"]:
+        lines += _case_lines(report, case)
+    return "\n".join(lines) + "\n"
+
+
+def _header_lines(report: dict[str, Any]) -> list[str]:
     lines = ["# MedSREnhance benchmark", ""]
     if report.get("command"):
         lines += ["Command:", "", "```", report["command"], "```", ""]
@@ -70,6 +78,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["Rows marked (cached) come from an earlier run of this harness on identical inputs (degraded volume, "
                   "ground truth, tuning grids and baseline code hash-checked, `--cache`); their seconds are that "
                   "run's.", ""]
+    return lines
+
+
+def _summary_lines(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     lines += ["## Summary: learned models against the best tuned baseline", ""]
     summary = [r for r in report["results"] if r["verdicts"].get("models")]
     if summary:
@@ -88,52 +101,55 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["", "CT gains are given per window (full / soft)."]
     else:
         lines.append("No learned model ran.")
-    lines.append("")
-    for case in report["cases"]:
-        lines += [f"## {case['name']}", "", f"Degradation: `{case['degradation']}` {json.dumps(case['params'])}; "
-                  f"enhancement scale (i, j, k) = {tuple(case['scale'])}; noise seeded per volume from "
-                  f"seed {report['settings']['seed']}.", ""]
-        for res in [r for r in report["results"] if r["case"] == case["name"]]:
-            c = res["crop"]
-            lines += [f"### {res['volume']}", "",
-                      f"Ground truth {'x'.join(map(str, c['ground_truth_size_ijk']))} voxels (crop start z,y,x "
-                      f"{tuple(c['start_zyx'])}), input {'x'.join(map(str, c['input_size_ijk']))} voxels; "
-                      f"foreground {res['foreground_voxels']} voxels." + (" " + " ".join(res["notes"]) if res["notes"] else ""),
-                      ""]
-            cols = _metric_columns(res["modality"])
-            lines.append("| model | params | " + " | ".join(c[1] for c in cols) + " | s |")
-            lines.append("|---|---|" + "---|" * len(cols) + "---|")
-            best_models = {(b["model"], json.dumps(b["params"], sort_keys=True))
-                           for b in res["verdicts"].get("best_baseline", {}).values()}
-            for row in res["rows"]:
-                name = row["model"]
-                if (name, json.dumps(row["params"], sort_keys=True)) in best_models:
-                    name += " **(best baseline)**"
-                if row.get("tuned_for") and len(objectives(res["modality"])) > 1:
-                    name += f" [tuned for {', '.join(row['tuned_for'])}]"
-                if row.get("at_grid_edge"):
-                    name += " (edge of grid)"
-                if row.get("cached"):
-                    name += " (cached)"
-                if row.get("seen_in"):
-                    name += f" (**{row['seen_in']} volume of this model**)"
-                if not row["grid"]["grid_matches_reference"]:
-                    name += f" (off-grid, {row['grid']['origin_offset_mm']:.2f} mm origin offset)"
-                vals = " | ".join(_fmt(row["metrics"][k], d) for k, _, d in cols)
-                lines.append(f"| {name} | {_params_text(row['params'])} | {vals} | {row['seconds']:.1f} |")
-            for name, v in res["verdicts"].get("models", {}).items():
-                gains = ", ".join(f"{k} {g:+.2f} dB" for k, g in v["gain_db"].items())
-                lines.append("")
-                lines.append(f"{name}: {gains} over the best tuned baseline; SSIM deltas "
-                             + ", ".join(f"{k} {d:+.4f}" for k, d in v["ssim_delta_vs_best_baseline"].items())
-                             + f": {'passes' if v['passes_bar'] else 'MISSES'} the bar.")
-                for ref_name, g in v.get("gain_vs_reference_db", {}).items():
-                    lines.append(f"Against {ref_name} (not a bar baseline): "
-                                 + ", ".join(f"{k} {d:+.2f} dB" for k, d in g.items()) + ".")
-            if res.get("png"):
-                lines += ["", f"![{res['case']} {res['volume']}]({res['png']})"]
+    return lines
+
+
+def _case_lines(report: dict[str, Any], case: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += [f"## {case['name']}", "", f"Degradation: `{case['degradation']}` {json.dumps(case['params'])}; "
+              f"enhancement scale (i, j, k) = {tuple(case['scale'])}; noise seeded per volume from "
+              f"seed {report['settings']['seed']}.", ""]
+    for res in [r for r in report["results"] if r["case"] == case["name"]]:
+        c = res["crop"]
+        lines += [f"### {res['volume']}", "",
+                  f"Ground truth {'x'.join(map(str, c['ground_truth_size_ijk']))} voxels (crop start z,y,x "
+                  f"{tuple(c['start_zyx'])}), input {'x'.join(map(str, c['input_size_ijk']))} voxels; "
+                  f"foreground {res['foreground_voxels']} voxels." + (" " + " ".join(res["notes"]) if res["notes"] else ""),
+                  ""]
+        cols = _metric_columns(res["modality"])
+        lines.append("| model | params | " + " | ".join(c[1] for c in cols) + " | s |")
+        lines.append("|---|---|" + "---|" * len(cols) + "---|")
+        best_models = {(b["model"], json.dumps(b["params"], sort_keys=True))
+                       for b in res["verdicts"].get("best_baseline", {}).values()}
+        for row in res["rows"]:
+            name = row["model"]
+            if (name, json.dumps(row["params"], sort_keys=True)) in best_models:
+                name += " **(best baseline)**"
+            if row.get("tuned_for") and len(objectives(res["modality"])) > 1:
+                name += f" [tuned for {', '.join(row['tuned_for'])}]"
+            if row.get("at_grid_edge"):
+                name += " (edge of grid)"
+            if row.get("cached"):
+                name += " (cached)"
+            if row.get("seen_in"):
+                name += f" (**{row['seen_in']} volume of this model**)"
+            if not row["grid"]["grid_matches_reference"]:
+                name += f" (off-grid, {row['grid']['origin_offset_mm']:.2f} mm origin offset)"
+            vals = " | ".join(_fmt(row["metrics"][k], d) for k, _, d in cols)
+            lines.append(f"| {name} | {_params_text(row['params'])} | {vals} | {row['seconds']:.1f} |")
+        for name, v in res["verdicts"].get("models", {}).items():
+            gains = ", ".join(f"{k} {g:+.2f} dB" for k, g in v["gain_db"].items())
             lines.append("")
-    return "\n".join(lines) + "\n"
+            lines.append(f"{name}: {gains} over the best tuned baseline; SSIM deltas "
+                         + ", ".join(f"{k} {d:+.4f}" for k, d in v["ssim_delta_vs_best_baseline"].items())
+                         + f": {'passes' if v['passes_bar'] else 'MISSES'} the bar.")
+            for ref_name, g in v.get("gain_vs_reference_db", {}).items():
+                lines.append(f"Against {ref_name} (not a bar baseline): "
+                             + ", ".join(f"{k} {d:+.2f} dB" for k, d in g.items()) + ".")
+        if res.get("png"):
+            lines += ["", f"![{res['case']} {res['volume']}]({res['png']})"]
+        lines.append("")
+    return lines
 
 
 def plot_case(case: Case, bv: BenchVolume, gt: Volume, inp: Volume, rows: list[dict[str, Any]],
@@ -197,12 +213,16 @@ def plot_case(case: Case, bv: BenchVolume, gt: Volume, inp: Volume, rows: list[d
     png_dir = out_dir / "png"
     png_dir.mkdir(parents=True, exist_ok=True)
     path = png_dir / f"{case.name}__{bv.id}.png"
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=65)
+    _save_palette_png(fig, path)
     plt.close(fig)
+    return str(path.relative_to(out_dir))
+
+
+def _save_palette_png(fig: Any, path: Path) -> None:
+    """Grey images plus one colour map fit a 256-colour palette: a third of the bytes, for a committed figure."""
     from PIL import Image  # matplotlib's own dependency
 
-    # Grey images plus one colour map fit a 256-colour palette: a third of the bytes, for a committed figure.
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=65)
     buf.seek(0)
     Image.open(buf).convert("RGB").quantize(256).save(path, optimize=True)
-    return str(path.relative_to(out_dir))
