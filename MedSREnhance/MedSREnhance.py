@@ -94,7 +94,7 @@ class MedSREnhanceParameterNode:
     they are plain strings synchronised by the widget rather than Choice-bound combo boxes."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    task: Annotated[str, Choice(["sr", "denoise"])] = "sr"
+    task: Annotated[str, Choice(["sr", "denoise", "motion"])] = "sr"
     model: str = "auto"
     scaleMode: Annotated[str, Choice(["isotropic", "per-axis", "through-plane"])] = "isotropic"
     isotropicFactor: Annotated[int, Choice([2, 3, 4])] = 2

@@ -172,7 +172,8 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("enhance", help="enhance a volume file or DICOM series folder")
     p.add_argument("input", help=".nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file or a DICOM series folder")
     p.add_argument("output", help="output file; the format follows the extension")
-    p.add_argument("--task", choices=["sr", "denoise"], default="sr")
+    p.add_argument("--task", choices=["sr", "denoise", "motion"], default="sr",
+                   help="sr: super-resolution; denoise; motion: MR motion-artifact reduction (default: %(default)s)")
     p.add_argument("--model", default="auto", help="model name (see `medsr models`) or auto")
     p.add_argument("--modality", choices=["auto", "mr", "ct"], default="auto")
     p.add_argument("--scale", default="1", help="S (isotropic) or SX,SY,SZ in index order (i,j,k); "

@@ -233,6 +233,15 @@ def test_sr_values_match_the_engine_on_the_same_grid(scene, input_node):
 # Difference map, display, names, transform, reuse
 # ----------------------------------------------------------------------------------------------------------------
 
+def test_motion_task_keeps_the_grid_and_names_the_result(scene, input_node):
+    before = snapshot(input_node)
+    enh, diff = mrml.enhance_volume_node(input_node, task="motion", model="gaussian", scale=3, device="cpu")
+    assert enh.GetName() == "MRHeadCrop_motioncorrected"  # the scale is ignored: the task keeps the grid
+    np.testing.assert_allclose(mrml.node_ijk_to_ras(enh), before[1], atol=1e-12)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(diff), slicer.util.arrayFromVolume(enh) - before[0],
+                               atol=1e-4)
+
+
 def test_denoise_difference_map(scene, input_node):
     display = input_node.GetDisplayNode()
     display.AutoWindowLevelOff()

@@ -90,6 +90,7 @@ DN_MODEL = 'arch = "denoiser"\nbuilder = "Denoiser"\nkwargs = { channels = 4, sp
                  marks=pytest.mark.slow),  # ~50 s on a loaded 2-core machine
     ("throughplane", TP_MODEL, '["mr_a", "mr_aniso"]', "factor_range = [2.0, 4.0]"),
     ("denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]"),
+    ("motion-mr", DN_MODEL, '["mr_a", "mr_aniso"]', "motion_rotation_deg = [1.0, 3.0]\nmotion_translation_mm = [1.0, 3.0]"),
 ])
 def test_two_step_training_writes_weights_and_card(tmp_path: Path, data_root: Path, task: str, model: str,
                                                    ids: str, degrade: str) -> None:
@@ -350,3 +351,25 @@ def test_ema_weights_are_shipped(tmp_path: Path, data_root: Path) -> None:
     cfg.write_text(cfg.read_text().replace("ema_decay = 0.5", "ema_decay = 1.0"))
     with pytest.raises(ValueError, match="ema_decay"):
         config.load_config(cfg)
+
+
+def test_motion_source_pairs_a_moved_input_with_the_still_target(tmp_path: Path, data_root: Path) -> None:
+    from MedSREnhanceLib.training.sources_motion import MotionSource
+
+    cfg = config.load_config(_write_config(tmp_path, data_root, "motion-mr", DN_MODEL, '["mr_a"]',
+                                           "motion_rotation_deg = [3.0, 4.0]\nmotion_translation_mm = [3.0, 4.0]"))
+    src = MotionSource(cfg, ["mr_a"], np.random.default_rng(0))
+    (x, y, _), record = src.items[0], src.records[0]
+    assert record["name"] == "rigid_motion" and 1 <= len(record["params"]["events"]) <= 3
+    assert x.shape == y.shape and float(np.abs(x - y).mean()) > 1e-3  # moved, on the target's intensity scale
+    assert abs(float(np.percentile(y[y > 0], 99.5)) - 1.0) < 0.1
+    a, b = src.sample()
+    assert a.shape == b.shape == (12, 12, 12)
+
+
+def test_motion_options_belong_to_the_motion_task(tmp_path: Path, data_root: Path) -> None:
+    with pytest.raises(ValueError, match="motion-mr"):
+        config.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',
+                                         "noise_range = [0.02, 0.1]\nmotion_rotation_deg = [1.0, 2.0]"))
+    with pytest.raises(ValueError, match="motion-mr"):
+        config.load_config(_write_config(tmp_path, data_root, "motion-mr", DN_MODEL, '["mr_a"]'))

@@ -28,7 +28,10 @@ from ..core.volume import Scale, Volume, empty_like_resized, parse_scale, resize
 
 logger = logging.getLogger(__name__)
 
-TASKS: dict[str, str] = {"sr": "super-resolution", "denoise": "denoising"}
+TASKS: dict[str, str] = {"sr": "super-resolution", "denoise": "denoising", "motion": "motion-artifact reduction"}
+# Tasks that keep the grid, and the classical methods (by their registry task) that can serve them too: a filter
+# is what a user would otherwise try on motion artifacts, and the bench compares against it.
+SAME_GRID: dict[str, str] = {"denoise": "denoise", "motion": "denoise"}
 
 
 @dataclass
@@ -65,9 +68,10 @@ def _is_identity(scale: Scale) -> bool:
 
 def serves(spec: ModelSpec, task: str, scale: Scale) -> bool:
     """Whether ``spec`` can run ``task`` at ``scale`` (in index order)."""
-    if spec.task != task:
+    classical_stand_in = spec.kind == "classical" and SAME_GRID.get(task) == spec.task
+    if spec.task != task and not classical_stand_in:
         return False
-    if task == "denoise" or spec.scale_mode == "any":
+    if task in SAME_GRID or spec.scale_mode == "any":
         return True
     if spec.scale_mode == "isotropic":
         # One integer model serves isotropic factors up to its own (finer ones are resampled after it).
@@ -186,15 +190,15 @@ def enhance(
     """Enhance ``volume``; returns the enhanced volume (output grid) and the difference map.
 
     ``scale`` is in index order (i, j, k): 2 is isotropic, (1, 1, 4) through-plane along k; non-integer factors
-    are fine. ``task="denoise"`` keeps the grid. ``params`` overrides a classical model's parameters.
+    are fine. ``task="denoise"`` and ``task="motion"`` keep the grid. ``params`` overrides a classical model's parameters.
     """
     t0 = time.perf_counter()
     validate(volume)
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     factors = parse_scale(scale)
-    if task == "denoise" and not _is_identity(factors):
-        raise InputError("denoising keeps the grid: leave --scale at 1")
+    if task in SAME_GRID and not _is_identity(factors):
+        raise InputError(f"{TASKS[task]} keeps the grid: leave --scale at 1")
     if task == "sr" and (_is_identity(factors) or min(factors) < 1):
         raise InputError(f"super-resolution needs a scale >= 1 on every axis and > 1 on one, got {factors}")
     if modality == "auto":
@@ -223,7 +227,7 @@ def enhance(
                            "cancel": cancel, "messages": messages, "params": params, "t0": t0,
                            "device_used": "cpu", "precision_used": ""}
     enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
-    reference = volume if task == "denoise" else resample_to(volume, enhanced, "bspline")
+    reference = volume if task in SAME_GRID else resample_to(volume, enhanced, "bspline")
     difference = enhanced.with_array(enhanced.array - reference.array)
     return EnhanceResult(enhanced, difference, spec.name, task, factors, ctx["device_used"],
                          time.perf_counter() - t0, messages, precision=ctx["precision_used"])

@@ -11,7 +11,9 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..core.volume import Scale, Volume
+from ..engine.enhance import SAME_GRID
 from ..models import registry
+from ..models.registry import ModelSpec
 from . import metrics
 from .cache import array_hash, jsonable, load_volumes, save_volumes, source_hash
 from .cases import BenchSettings, Case, central_block, crop_volume
@@ -120,6 +122,13 @@ def fourier_zerofill(volume: Volume, scale: Scale) -> Volume:
     return Volume(arr.astype(np.float32), spacing, origin, volume.direction.copy(), dict(volume.metadata))
 
 
+def comparators(case: Case) -> list[ModelSpec]:
+    """The classical methods a user would otherwise run on the case: the task's own, or for a task that keeps the
+    grid without classical methods of its own (motion), the same-grid filters that stand in for them."""
+    task = SAME_GRID.get(case.task, case.task) if case.task not in {s.task for s in registry.CLASSICAL} else case.task
+    return [s for s in registry.CLASSICAL if s.task == task and case.modality in s.modalities]
+
+
 def classical_rows(case: Case, inp: Volume, gt: Volume, scorer: Scorer, settings: BenchSettings,
                    ) -> tuple[list[dict[str, Any]], dict[str, Volume]]:
     """Every classical baseline of the task (denoisers tuned per objective on the ground truth), scored.
@@ -139,9 +148,7 @@ def classical_rows(case: Case, inp: Volume, gt: Volume, scorer: Scorer, settings
 
     rows: list[dict[str, Any]] = []
     outputs: dict[str, Volume] = {}
-    for spec in registry.CLASSICAL:
-        if spec.task != case.task or case.modality not in spec.modalities:
-            continue
+    for spec in comparators(case):
         if TUNING_GRIDS.get(spec.name):
             spec_rows, spec_outputs = _tuned_rows(spec.name, case, inp, gt, scorer, settings)
         else:
@@ -164,7 +171,7 @@ def _classical_cache_paths(case: Case, inp: Volume, gt: Volume, settings: BenchS
     """Cache files keyed by everything the classical rows depend on: inputs, grids, baseline code, registry."""
     from ..models import classical
 
-    task_grids = {s.name: TUNING_GRIDS.get(s.name) for s in registry.CLASSICAL if s.task == case.task}
+    task_grids = {s.name: TUNING_GRIDS.get(s.name) for s in comparators(case)}
     key = hashlib.sha256(json.dumps([array_hash(inp, gt), case.name, task_grids, list(TUNE_ON_BLOCK),
                                      settings.tune_block, source_hash(classical, metrics),
                                      [(s.name, s.method, s.params) for s in registry.CLASSICAL]],

@@ -10,6 +10,9 @@ Cases are named, and the number in the name is the parameter, so extra scales an
   mr-sr-x{S}             MR isotropic SR: k-space truncation by S on every axis, enhanced at scale S
   mr-throughplane-x{S}   MR through-plane SR: Gaussian slice profile FWHM = S slices along k, every S-th slice
   mr-denoise-{P}         MR denoising: Rician noise, sigma = P % of the foreground's 99th percentile
+  mr-motion-{M}          MR motion: two rigid movements of up to M degrees and M mm at random times of a k-space-
+                         simulated scan, phase encoding along a random axis (simulate.motion); the reference is
+                         the still volume, baselines are the tuned filters and the corrupted input itself
   ct-lowdose[-{N}]       CT denoising: projection-domain low dose, N photons per ray (default --photons);
                          the reference is the noise-free reconstruction of the same pipeline
   ct-sr-x{S}             CT in-plane SR: Gaussian PSF (FWHM = LR spacing) then sampling by S on i and j
@@ -44,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="volume files, folders of volumes, or a MANIFEST.json")
     parser.add_argument("--ids", default=None, help="comma-separated ids (manifest ids or file stems) to keep")
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
-                        help="comma-separated cases: mr-sr-x<S>, mr-throughplane-x<S>, mr-denoise-<percent>, "
+                        help="comma-separated cases: mr-sr-x<S>, mr-throughplane-x<S>, mr-denoise-<percent>, mr-motion-<M>, "
                              "ct-lowdose[-<photons>], ct-sr-x<S> (default: %(default)s)")
     parser.add_argument("--models", default="auto",
                         help="learned models: auto (the one `medsr enhance --model auto` picks for each case), all "

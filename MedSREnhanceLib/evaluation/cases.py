@@ -36,7 +36,7 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 class Case:
     name: str
     modality: str  # "mr" | "ct"
-    task: str  # "sr" | "denoise"
+    task: str  # "sr" | "denoise" | "motion"
     degradation: str  # a function name in simulate
     params: dict[str, Any]
     scale: Scale = (1.0, 1.0, 1.0)  # enhancement scale (i, j, k); 1 for denoising
@@ -66,12 +66,17 @@ def parse_case(name: str, photons: float = DEFAULT_PHOTONS,
         n = float(m.group(1)) if m.group(1) else float(photons)
         return Case(name, "ct", "denoise", "lowdose_ct",
                     {"photons_per_ray": n, "electronic_noise_std": float(electronic_noise), "n_angles": n_angles})
+    m = re.fullmatch(r"mr-motion-([0-9.]+)", name)
+    if m:
+        amount = float(m.group(1))
+        return Case(name, "mr", "motion", "rigid_motion",
+                    {"n_events": 2, "max_rotation_deg": amount, "max_translation_mm": amount, "pe_axes": [0, 1, 2]})
     m = re.fullmatch(r"ct-sr-x([0-9.]+)", name)
     if m:
         s = float(m.group(1))
         return Case(name, "ct", "sr", "gaussian_psf_downsample", {"scale": [s, s, 1.0]}, (s, s, 1.0))
     raise ValueError(f"unknown case {name!r}; use mr-sr-x<S>, mr-throughplane-x<S>, mr-denoise-<percent>, "
-                     "ct-lowdose[-<photons>] or ct-sr-x<S>")
+                     "mr-motion-<degrees and mm>, ct-lowdose[-<photons>] or ct-sr-x<S>")
 
 
 def degrade_case(case: Case, gt: Volume, rng: np.random.Generator) -> tuple[Volume, Volume]:
@@ -85,6 +90,10 @@ def degrade_case(case: Case, gt: Volume, rng: np.random.Generator) -> tuple[Volu
         return simulate.slice_profile(gt, **p), gt
     if case.degradation == "rician_noise":
         return simulate.rician_noise(gt, p["level"], rng), gt
+    if case.degradation == "rigid_motion":  # movements drawn from the per-volume generator (seeded)
+        moved, _ = simulate.random_rigid_motion(gt, rng, p["n_events"], p["max_rotation_deg"],
+                                                p["max_translation_mm"], tuple(p["pe_axes"]))
+        return moved, gt
     if case.degradation == "lowdose_ct":
         noisy, reference = simulate.lowdose_ct(gt, p["photons_per_ray"], p["electronic_noise_std"], rng,
                                               n_angles=p["n_angles"])

@@ -13,7 +13,7 @@ from ..core.resample import resample_to
 from ..core.volume import Volume
 from . import metrics
 from .cases import BenchVolume, Case
-from .scoring import BAR_DB, Scorer, objectives
+from .scoring import BAR_DB, BAR_DB_BY_TASK, Scorer, objectives
 
 
 def _fmt(v: Optional[float], digits: int = 2) -> str:
@@ -74,6 +74,9 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
               f"gains >= {BAR_DB} dB fg PSNR over the best tuned baseline (per CT window) and its SSIM (whole and fg) "
               "is no worse than the best baseline SSIM. 'held out' comes from the model card: a volume the model was "
               "trained or validated on (early stopping) is not a held-out test.", ""]
+    if any(c["task"] == "motion" for c in report["cases"]):
+        lines += [f"Motion cases: the bar is >= {BAR_DB_BY_TASK['motion']} dB over the best of the tuned filters AND the "
+                  "corrupted input (SSIM likewise).", ""]
     if any(r.get("cached") for res in report["results"] for r in res["rows"]):
         lines += ["Rows marked (cached) come from an earlier run of this harness on identical inputs (degraded volume, "
                   "ground truth, tuning grids and baseline code hash-checked, `--cache`); their seconds are that "

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from ..engine.enhance import SAME_GRID
 from ..models import registry
 from . import baselines
 from .baselines import classical_rows, fourier_zerofill, run_method
@@ -56,7 +57,7 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
     scorer = Scorer.for_reference(gt, case.modality)
     rows: list[dict[str, Any]] = []
 
-    if case.task == "denoise":  # the noisy input itself: what every method must improve on
+    if case.task in SAME_GRID:  # the degraded input itself: what every method must improve on
         scores, grid = scorer.score(inp)
         rows.append({"model": "input (degraded)", "kind": "input", "params": {}, "tuned_for": None,
                      "metrics": scores, "seconds": 0.0, "grid": grid})
@@ -79,7 +80,7 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
                      "seconds": seconds, "grid": grid, "messages": messages, **provenance(name, bv.id)})
         outputs[name] = out
 
-    verdicts = judge(rows, case.modality)
+    verdicts = judge(rows, case.modality, case.task)
     png = None
     if settings.png:
         png = plot_case(case, bv, gt, inp, rows, outputs, verdicts, scorer, out_dir)

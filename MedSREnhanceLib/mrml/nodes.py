@@ -188,7 +188,7 @@ def _place_in_hierarchy(scene: Any, input_node: Any, node: Any) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 def normalised_scale(task: str, scale: Any) -> tuple[float, float, float]:
-    if task == "denoise":
+    if task in helpers.SAME_GRID_SUFFIX:  # the grid is kept: a scale given with it is ignored
         return (1.0, 1.0, 1.0)
     return parse_scale(scale)
 

@@ -17,8 +17,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-TASKS: tuple[str, ...] = ("sr", "denoise")
-TASK_LABELS: dict[str, str] = {"sr": "Super-resolution", "denoise": "Denoising"}
+TASKS: tuple[str, ...] = ("sr", "denoise", "motion")
+TASK_LABELS: dict[str, str] = {"sr": "Super-resolution", "denoise": "Denoising",
+                               "motion": "Motion artifact reduction"}
+SAME_GRID_SUFFIX: dict[str, str] = {"denoise": "denoised", "motion": "motioncorrected"}  # tasks that keep the grid
 SCALE_MODES: tuple[str, ...] = ("isotropic", "per-axis", "through-plane")
 ISOTROPIC_FACTORS: tuple[int, ...] = (2, 3, 4)
 AXES: tuple[str, ...] = ("i", "j", "k")
@@ -208,9 +210,10 @@ def _fmt(v: float) -> str:
 
 
 def enhanced_name(input_name: str, task: str, scale: float | Sequence[float] = 1) -> str:
-    """``<input>_SRx2`` (isotropic), ``<input>_SRx1x1x3`` (per axis, i,j,k) or ``<input>_denoised``."""
-    if task == "denoise":
-        return f"{input_name}_denoised"
+    """``<input>_SRx2`` (isotropic), ``<input>_SRx1x1x3`` (per axis, i,j,k), ``<input>_denoised`` or
+    ``<input>_motioncorrected``."""
+    if task in SAME_GRID_SUFFIX:
+        return f"{input_name}_{SAME_GRID_SUFFIX[task]}"
     s = (float(scale),) * 3 if isinstance(scale, (int, float)) else tuple(float(v) for v in scale)
     if len(s) == 1:
         s = s * 3

@@ -33,21 +33,28 @@ Signatures (scale tuples are in index order (i, j, k) = (x, y, z), like ``Volume
 Random twins (all return ``(volume(s), record)``; ``replay(vol, record)`` returns the same volume(s)):
 ``random_kspace_truncation(vol, scales, rng)``, ``random_slice_profile(vol, axis, factor_range, rng,
 profiles=("gaussian", "rect"), gap_range=(0, 0))``, ``random_rician_noise(vol, level_range, rng)``,
-``random_lowdose_ct(vol, photons_range, electronic_range, rng, n_angles=None)``.
+``random_lowdose_ct(vol, photons_range, electronic_range, rng, n_angles=None)``,
+``random_rigid_motion(vol, rng, n_events, max_rotation_deg, max_translation_mm, pe_axes)``.
+
+``rigid_motion(vol, pe_axis, events) -> Volume``
+    MR rigid motion during the scan, simulated in k-space (see ``motion``).
 
 Files: ``resolution`` (k-space truncation, slice profile, Gaussian PSF), ``noise`` (Rician), ``lowdose``
-(projection-domain low dose), ``replay`` (random twins and their replay). A new degradation (motion, say) is a new
-file here, plus its entry in ``replay``'s tables when it has a random twin.
+(projection-domain low dose), ``motion`` (rigid motion in k-space), ``replay`` (random twins and their replay).
+A new degradation is a new file here, plus its entry in ``replay``'s tables when it has a random twin.
 """
 from __future__ import annotations
 
 from .lowdose import MU_WATER_PER_MM, lowdose_ct
+from .motion import random_motion_events, rigid_motion
 from .noise import foreground_mask, rician_noise, rician_sigma
-from .replay import random_kspace_truncation, random_lowdose_ct, random_rician_noise, random_slice_profile, replay
+from .replay import (random_kspace_truncation, random_lowdose_ct, random_rician_noise, random_rigid_motion,
+                     random_slice_profile, replay)
 from .resolution import FWHM_TO_SIGMA, gaussian_psf_downsample, kspace_truncation, lr_positions, slice_profile
 
 __all__ = [
     "FWHM_TO_SIGMA", "MU_WATER_PER_MM", "foreground_mask", "gaussian_psf_downsample", "kspace_truncation",
     "lowdose_ct", "lr_positions", "random_kspace_truncation", "random_lowdose_ct", "random_rician_noise",
-    "random_slice_profile", "replay", "rician_noise", "rician_sigma", "slice_profile",
+    "random_motion_events", "random_rigid_motion", "random_slice_profile", "replay", "rician_noise", "rician_sigma",
+    "rigid_motion", "slice_profile",
 ]

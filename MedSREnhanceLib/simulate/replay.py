@@ -7,6 +7,7 @@ import numpy as np
 
 from ..core.volume import Volume
 from .lowdose import lowdose_ct
+from .motion import random_motion_events, rigid_motion
 from .noise import rician_noise
 from .resolution import gaussian_psf_downsample, kspace_truncation, slice_profile
 
@@ -58,7 +59,18 @@ def random_lowdose_ct(vol_hu: Volume, photons_range: tuple[float, float], electr
     return replay(vol_hu, record), record  # type: ignore[return-value]
 
 
+def random_rigid_motion(vol: Volume, rng: np.random.Generator, n_events: int = 2, max_rotation_deg: float = 4.0,
+                        max_translation_mm: float = 4.0, pe_axes: tuple[int, ...] = (0, 1, 2),
+                        ) -> tuple[Volume, dict[str, Any]]:
+    """Phase-encode axis drawn from ``pe_axes``, then ``n_events`` movements (see motion.random_motion_events)."""
+    pe_axis = int(pe_axes[int(rng.integers(len(pe_axes)))])
+    events = random_motion_events(rng, n_events, max_rotation_deg, max_translation_mm)
+    record = {"name": "rigid_motion", "params": {"pe_axis": pe_axis, "events": events}}
+    return replay(vol, record), record  # type: ignore[return-value]
+
+
 _DETERMINISTIC: dict[str, Callable[..., Any]] = {
+    "rigid_motion": rigid_motion,
     "kspace_truncation": kspace_truncation,
     "slice_profile": slice_profile,
     "gaussian_psf_downsample": gaussian_psf_downsample,

@@ -33,6 +33,14 @@ def macs_per_output_voxel(model: torch.nn.Module, spatial_dims: int, size: int =
     return total[0] / y[0, 0].numel()
 
 
+# data.task -> what the card says the model serves (task, modality, scale mode)
+_SAME_GRID: dict[str, dict[str, Any]] = {
+    "denoise-mr": {"task": "denoise", "modality": "mr", "scale_mode": "none"},
+    "denoise-ct": {"task": "denoise", "modality": "ct", "scale_mode": "none"},
+    "motion-mr": {"task": "motion", "modality": "mr", "scale_mode": "none"},
+}
+
+
 def task_fields(cfg: Config) -> dict[str, Any]:
     task = cfg.data.task
     if task == "sr":
@@ -40,9 +48,7 @@ def task_fields(cfg: Config) -> dict[str, Any]:
     if task == "throughplane":
         return {"task": "sr", "modality": "mr", "scale_mode": "axis", "scale_min": cfg.degrade.factor_range[0],
                 "scale_max": cfg.degrade.factor_range[1]}
-    if task == "denoise-mr":
-        return {"task": "denoise", "modality": "mr", "scale_mode": "none"}
-    return {"task": "denoise", "modality": "ct", "scale_mode": "none"}
+    return dict(_SAME_GRID[task])
 
 
 def model_card(cfg: Config, model: torch.nn.Module, weights_path: Path, config_path: str, *, steps: int,

@@ -63,6 +63,14 @@ class DegradeConfig:
     # over-smoothed 1e5-photon lung CT, whose reference carries ~7 HU (a 0.8 blend with the input scored better).
     shared_noise_hu: list[float] = field(default_factory=lambda: [0.0, 0.0])
     n_angles: int = 360
+    # MR motion (task motion-mr): per refresh, each volume moves motion_events [lo, hi] times during its scan, each
+    # movement up to a maximum drawn from motion_rotation_deg / motion_translation_mm; phase encoding along one of
+    # motion_pe_axes; with probability motion_clean_prob the pair is left clean (the net must keep clean volumes).
+    motion_events: list[int] = field(default_factory=lambda: [1, 3])
+    motion_rotation_deg: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    motion_translation_mm: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    motion_pe_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
+    motion_clean_prob: float = 0.0
     refresh_every: int = 50  # steps between fresh random degradations of the whole training volumes
 
 
@@ -147,6 +155,11 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
                          "denoise-mr")
     if _check_range(cfg.degrade.shared_noise_hu, "shared_noise_hu", 0.0) > 0.0 and cfg.data.task != "denoise-ct":
         raise ValueError("[degrade] shared_noise_hu is for task denoise-ct")
+    motion = max(_check_range(cfg.degrade.motion_rotation_deg, "motion_rotation_deg", 0.0),
+                 _check_range(cfg.degrade.motion_translation_mm, "motion_translation_mm", 0.0)) > 0.0
+    if motion != (cfg.data.task == "motion-mr"):
+        raise ValueError("task motion-mr needs [degrade] motion_rotation_deg or motion_translation_mm, and only "
+                         "it reads them")
     if data_root:
         cfg.data.data_root = str(Path(data_root).resolve())
     cfg.data.data_root, cfg.data.cache_dir = _from_repo(cfg.data.data_root), _from_repo(cfg.data.cache_dir)

@@ -19,6 +19,7 @@ from .config import REPO_ROOT, Config, TrainConfig, load_config
 from .losses import build_model, expected_target, loss_fn
 from .pairs import PairSource, check_weights_ok
 from .sources_ct import CTDenoiseSource
+from .sources_motion import MotionSource
 from .sources_mr import MRDenoiseSource, SRSource, ThroughPlaneSource
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ SOURCES: dict[str, type[PairSource]] = {
     "throughplane": ThroughPlaneSource,
     "denoise-mr": MRDenoiseSource,
     "denoise-ct": CTDenoiseSource,
+    "motion-mr": MotionSource,
 }
 
 

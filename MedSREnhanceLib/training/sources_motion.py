@@ -1,0 +1,51 @@
+"""MR motion-artifact pairs: each training volume moved during a simulated scan (k-space), against its still self."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import simulate
+from ..core.normalise import forward as normalise_forward
+from .config import Config, normalisation_of
+from .pairs import PairSource, augment, pad_to, sample_corner, structure_weights
+
+
+class MotionSource(PairSource):
+    """Whole volumes re-corrupted at every refresh; input normalised on the corrupted volume as at inference.
+
+    Only magnitude volumes (no z-scored copies): the simulation returns |image|, which a signed volume is not.
+    """
+
+    def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
+        super().__init__(cfg, ids, rng)
+        self.vols = [v.with_array(np.maximum(v.array, 0.0)) for v in self.vols]
+        self.items: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.records: list[dict] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        d = self.cfg.degrade
+        self.items, self.records = [], []
+        for vol in self.vols:
+            moved, record = vol, {"name": "none"}
+            if self.rng.uniform() >= d.motion_clean_prob:
+                moved, record = simulate.random_rigid_motion(
+                    vol, self.rng, n_events=int(self.rng.integers(d.motion_events[0], d.motion_events[1] + 1)),
+                    max_rotation_deg=float(self.rng.uniform(*d.motion_rotation_deg)),
+                    max_translation_mm=float(self.rng.uniform(*d.motion_translation_mm)),
+                    pe_axes=tuple(d.motion_pe_axes))
+            x, params = normalise_forward(moved.array, normalisation_of(self.cfg))
+            y = (vol.array / params["scale"]).astype(np.float32)
+            # patches where the artifact is, as well as where the structure is
+            w = structure_weights(np.abs(x - y) + y, 2)
+            self.items.append((x, y, w))
+            self.records.append(record)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        p = self.cfg.data.patch
+        x, y, w = self.items[int(self.rng.integers(len(self.items)))]
+        c = sample_corner(w, 2, x.shape, (p, p, p), self.rng)
+        sl = tuple(slice(ci, ci + p) for ci in c)
+        a, b = pad_to(x[sl], (p, p, p)), pad_to(y[sl], (p, p, p))
+        a, b = augment([a, b], self.rng, (0, 1, 2), (0, 1, 2))
+        gain = float(self.rng.uniform(0.75, 1.25))
+        return (a * gain).astype(np.float32), (b * gain).astype(np.float32)
