@@ -50,14 +50,17 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             from tqdm import tqdm  # print no empty bar
 
             bar = tqdm(total=None, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True,
-                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} [{elapsed}{postfix}]")
+                       desc=p.stage or "enhance", bar_format="{desc} [{elapsed}{postfix}]")
         # The engine's ETA comes from the work done since inference began (tqdm's own rate would count the
         # model loading and the jumps between reports).
+        bar.bar_format = ("{desc}: {percentage:3.0f}%|{bar}| {n}/{total} [{elapsed}{postfix}]" if p.total
+                          else "{desc} [{elapsed}{postfix}]")
         bar.set_description_str(p.stage or "enhance", refresh=False)
         bar.total = p.total or None
         bar.n = p.done
-        left = "" if p.eta is None else f", about {_duration(p.eta)} left"
-        bar.set_postfix_str(left + (f", {p.message}" if p.message else ""), refresh=False)
+        notes = ([] if p.eta is None or not p.total else [f"about {_duration(p.eta)} left"]) + \
+            ([p.message] if p.message else [])
+        bar.set_postfix_str(", ".join(notes), refresh=False)
         bar.refresh()
 
     try:

@@ -194,6 +194,43 @@ def test_progress_in_blend_mode_counts_windows(volume: np.ndarray) -> None:
     assert reports[-1].done == reports[-1].total == len(reports) and reports[-1].eta == 0
 
 
+def test_progress_inside_a_window_counts_ensemble_members(monkeypatch, volume: np.ndarray) -> None:
+    """An 8-member flip ensemble reports each member, so one long window is 8 reports with a falling ETA."""
+    from MedSREnhanceLib.models.ensemble import flip_ensemble
+
+    clock = Clock()
+    monkeypatch.setattr(inference.time, "perf_counter", clock)
+
+    class Ensemble(torch.nn.Module):
+        ensemble = 8
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            def member(t: torch.Tensor) -> torch.Tensor:
+                clock.now += 1.0
+                return t
+            return flip_ensemble(member, x, self.ensemble, 3)
+
+    reports = []
+    out = tiled_apply(volume, Ensemble(), tile=64, halo=2, progress=reports.append)  # one window
+    np.testing.assert_allclose(out, volume, atol=1e-6)
+    assert [p.done for p in reports] == list(range(1, 9)) and {p.total for p in reports} == {8}
+    assert [p.eta for p in reports] == pytest.approx([float(8 - i) for i in range(1, 9)])
+    assert {p.stage for p in reports} == {"inference"}
+
+
+def test_cancel_inside_a_window(volume: np.ndarray) -> None:
+    from MedSREnhanceLib.models.ensemble import flip_ensemble
+
+    members = []
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        return flip_ensemble(lambda t: members.append(1) or t, x, 8, 3)
+
+    with pytest.raises(CancelledError):
+        tiled_apply(volume, net, tile=64, halo=2, cancel=lambda: len(members) >= 3)
+    assert len(members) == 3  # stopped after the member that saw the cancel, not at the end of the window
+
+
 @pytest.mark.parametrize("stop_after", [0, 1, 5])
 def test_cancel_between_tiles(volume: np.ndarray, stop_after: int) -> None:
     calls = {"net": 0, "cancel": 0}
