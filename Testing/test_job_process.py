@@ -221,3 +221,12 @@ def test_events_are_read_by_complete_lines(tmp_path):
     assert proc.read_events() == [{"type": "log", "message": "tile 32"},
                                   {"type": "log", "level": "info", "message": "Warning: printed by a library"}]
     assert proc.read_events() == []
+
+
+@pytest.mark.slow
+def test_acceptance_figures_of_issue_12() -> None:
+    """benchmarks/bench_job.py at its default size (a 20-40 s run here): job <= 1.25 x blocking + 8 s with the
+    same voxels and >= 3 reports, cancel < 5 s, a killed child an error in < 5 s, nothing left behind."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_job.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "PASS" in out.stdout, out.stdout + out.stderr

@@ -174,7 +174,7 @@ def tiled_apply(
         elapsed = time.perf_counter() - t0
         units = total * passes[0]
         eta = elapsed / done * (units - done) if done else None
-        window = min(total, (done - 1) // passes[0] + 1)
+        window = min(total, max(0, done - 1) // passes[0] + 1)
         progress(Progress(done, units, elapsed, eta, message=f"window {window} of {total}", stage="inference"))
 
     def on_step(index: int, step: int, steps: int) -> None:
@@ -186,6 +186,7 @@ def tiled_apply(
     autocast = (
         torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else _nullcontext()
     )
+    emit(0)  # the model is loaded and the windows planned: news before the first (possibly long) window
     with torch.inference_mode(), autocast:
         for index, (read, core) in enumerate(windows):
             if cancel is not None and cancel():
