@@ -592,3 +592,34 @@ def test_show_results_assigns_and_links_views(scene, input_node, monkeypatch):
         assert widgets["Red"].mrmlSliceCompositeNode().GetBackgroundVolumeID() == input_node.GetID()
     finally:
         sys.modules.pop("MedSREnhance", None)
+
+
+def test_scripted_logic_asks_for_torch_only_when_the_model_needs_it(monkeypatch):
+    """A classical model never prompts; auto denoising prompts for torch (too old here) and nothing else."""
+    import importlib
+    import sys
+    import types
+
+    from MedSREnhanceLib.mrml import panel as helpers
+
+    _qt_stubs(monkeypatch)
+    module = importlib.import_module("MedSREnhance")
+    try:
+        requirements: list = []
+
+        class FakeTorchLogic:
+            def installTorch(self, askConfirmation=False, torchVersionRequirement=None):  # noqa: N802,N803
+                requirements.append(torchVersionRequirement)
+                return object()
+
+        monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FakeTorchLogic))
+        monkeypatch.setattr(slicer.util, "infoDisplay", lambda *a, **k: None, raising=False)
+        monkeypatch.setattr(helpers, "installed_torch_version", lambda: "1.13.1+cu117")
+        logic = module.MedSREnhanceLogic()
+        assert logic.ensureDependencies("sr", "linear") and requirements == []
+        assert logic.ensureDependencies("denoise", "auto") and requirements == [f">={helpers.MINIMUM_TORCH_VERSION}"]
+        monkeypatch.setattr(helpers, "installed_torch_version", lambda: "2.13.0")
+        requirements.clear()
+        assert logic.ensureDependencies("denoise", "auto") and requirements == []
+    finally:
+        sys.modules.pop("MedSREnhance", None)
