@@ -46,7 +46,6 @@ def _ensureLibraryImportable() -> None:
 
 _ensureLibraryImportable()
 
-MINIMUM_TORCH_VERSION = "2.1"
 CONSOLE_EXAMPLE = """logic = slicer.util.getModuleLogic("MedSREnhance")
 volume = slicer.util.getNode("MRHead")
 enhancedNode, differenceNode = logic.process(volume, task="sr", model="auto", scale=2, device="auto")"""
@@ -70,7 +69,8 @@ class MedSREnhance(ScriptedLoadableModule):
             "<b>Usage:</b> pick the input volume, the task (super-resolution or denoising), a model (auto picks "
             "the best bundled one) and, for super-resolution, the scale: isotropic x2/x3/x4, per axis, or "
             "through-plane (refines the slice axis; 'Suggest from spacing' proposes the factor). Click "
-            "<b>Enhance</b>; it runs in the background with per-tile progress and can be cancelled. "
+            "<b>Enhance</b>; it runs in a separate process (Slicer stays responsive and a crash cannot take it down) with "
+            "progress, an ETA and Cancel; the <i>Log</i> section shows what the engine reported. "
             "The result <i>&lt;input&gt;_SRx2</i> (or <i>_denoised</i>) keeps the input's physical extent, "
             "orientation, parent transform and window/level; <i>&lt;input&gt;_difference</i> is the enhanced "
             "volume minus the input resampled to the output grid, shown in blue-red around 0.<br>"
@@ -154,9 +154,16 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
+        self._abortJob()  # module cleanup: no engine process may outlive the panel
         self.removeObservers()
+
+    def _abortJob(self) -> None:
+        """Kill a running job at once (no completion callback): its result would have nowhere to go."""
+        if self._job is not None:
+            self._job.abort()
+            self._job = None
+            self._setRunning(False)
+            self.ui.statusLabel.text = _("Stopped. The scene is unchanged.")
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -168,8 +175,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._job is not None:
-            self._job.cancel()  # its result would land in a closed scene
+        self._abortJob()  # its result would land in a closed scene
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -327,7 +333,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel()
             self.ui.enhanceButton.enabled = False
             self.ui.enhanceButton.text = _("Cancelling...")
-            self.ui.statusLabel.text = _("Cancelling: stopping after the current tile; the scene stays as it was.")
+            self.ui.statusLabel.text = _("Cancelling: stopping the engine process; the scene stays as it was.")
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start the enhancement."), waitCursor=True):
@@ -338,11 +344,12 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.deviceInfoLabel.text = self.logic.torchInfo()
             scale = self._currentScale() if p.task == "sr" else 1
             self._runInput = p.inputVolume
+            self.ui.logTextEdit.clear()
             self._job = self.logic.processAsync(
                 p.inputVolume, task=p.task, model=p.model, scale=scale, device=p.device,
                 tile=p.tileSize or None, precision=p.precision,
                 enhancedVolumeNode=p.enhancedVolume, differenceVolumeNode=p.differenceVolume,
-                progressCallback=self._onProgress, completedCallback=self._onCompleted)
+                progressCallback=self._onProgress, completedCallback=self._onCompleted, logCallback=self._onLog)
             self._setRunning(True)
 
     def _setRunning(self, running: bool) -> None:
@@ -361,9 +368,15 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onProgress(self, progress) -> None:
         from MedSREnhanceLib.mrml import panel as helpers
 
-        self.ui.progressBar.setRange(0, max(1, progress.total))
-        self.ui.progressBar.setValue(progress.done)
+        if progress.total:
+            self.ui.progressBar.setRange(0, progress.total)
+            self.ui.progressBar.setValue(progress.done)
+        else:
+            self.ui.progressBar.setRange(0, 0)  # busy: starting or loading the model, no units counted yet
         self.ui.statusLabel.text = helpers.format_progress(progress)
+
+    def _onLog(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
 
     def _onCompleted(self, outcome) -> None:
         from MedSREnhanceLib.mrml import panel as helpers
@@ -378,8 +391,9 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if outcome.error is not None:
             message = str(outcome.error).splitlines()[0] if str(outcome.error) else type(outcome.error).__name__
             self.ui.statusLabel.text = _("Failed: {message}").format(message=message)
-            extra = {} if isinstance(outcome.error, InputError) else {"detailedText": "".join(
-                traceback.format_exception(type(outcome.error), outcome.error, outcome.error.__traceback__))}
+            details = getattr(outcome.error, "details", "") or "".join(  # the child's traceback or stderr
+                traceback.format_exception(type(outcome.error), outcome.error, outcome.error.__traceback__))
+            extra = {} if isinstance(outcome.error, InputError) else {"detailedText": details}
             slicer.util.errorDisplay(_("Enhancement failed: {message}").format(message=message), **extra)
             return
         # The output selectors stay as they were: with "Create new volume" a re-run updates the nodes named after
@@ -408,7 +422,7 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._activeJobs = {}  # job -> timer: keeps both alive while the worker runs
+        self._activeJobs = {}  # job -> timer: keeps both alive while the engine process runs
 
     def getParameterNode(self):
         return MedSREnhanceParameterNode(super().getParameterNode())
@@ -427,9 +441,14 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
         methods; asks before installing anything. Returns False when something is still missing."""
         from MedSREnhanceLib.mrml import panel as helpers
 
-        if (forceTorch or helpers.needs_torch(task, model)) and not self._ensureTorch(askConfirmation):
+        plan = helpers.dependency_plan(task, model)  # prompts only for what this model needs
+        if forceTorch and not plan.torch:
+            version = helpers.installed_torch_version()
+            plan = helpers.DependencyPlan("" if helpers.torch_version_ok(version) else
+                                          ("too old" if version else "missing"), version, plan.packages)
+        if plan.torch and not self._ensureTorch(askConfirmation, plan):
             return False
-        missing = helpers.missing_packages(helpers.required_packages(task, model))
+        missing = list(plan.packages)
         if not missing:
             return True
         try:
@@ -452,20 +471,24 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
         importlib.invalidate_caches()
         return not helpers.missing_packages(missing)
 
-    def _ensureTorch(self, askConfirmation: bool) -> bool:
-        if importlib.util.find_spec("torch") is not None:
-            return True
+    def _ensureTorch(self, askConfirmation: bool, plan) -> bool:
+        """torch through the PyTorch extension when it is missing or older than the minimum (plan.torch)."""
+        from MedSREnhanceLib.mrml import panel as helpers
+
         try:
             import PyTorchUtils
         except ImportError:
-            raise RuntimeError(_("This model needs the PyTorch extension. Install 'PyTorch' from the Extensions "
-                                 "Manager, restart Slicer and try again.")) from None
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            torch = torchLogic.installTorch(askConfirmation=askConfirmation,
-                                            torchVersionRequirement=f">={MINIMUM_TORCH_VERSION}")
-            if torch is None:
-                return False
+            raise RuntimeError(_("This model needs PyTorch {minimum} or newer (installed: {installed}). Install "
+                                 "the 'PyTorch' extension from the Extensions Manager, restart Slicer and try "
+                                 "again.").format(minimum=helpers.MINIMUM_TORCH_VERSION,
+                                                  installed=plan.torch_version or _("none"))) from None
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=askConfirmation, torchVersionRequirement=f">={helpers.MINIMUM_TORCH_VERSION}")
+        if torch is None:
+            return False
+        if plan.torch == "too old":  # the old build stays loaded in this session; the engine process is new
+            slicer.util.infoDisplay(_("PyTorch was updated. Restart Slicer if the panel still shows the old "
+                                      "version."))
         return True
 
     def deviceChoices(self, loadTorch: bool = False):
@@ -511,14 +534,17 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
     def processAsync(self, inputVolumeNode, task: str = "sr", model: str = "auto", scale=2,
                      device: str = "auto", tile: Optional[int] = None, precision: str = "auto",
                      modality: str = "auto", enhancedVolumeNode=None, differenceVolumeNode=None,
-                     progressCallback=None, completedCallback=None, pollIntervalMs: int = 100):
-        """Non-blocking: returns a job at once (``job.cancel()``, ``job.finished``, ``job.outcome``).
-        ``progressCallback(Progress)`` and ``completedCallback(JobOutcome)`` run in the main thread; the outcome
-        holds enhanced_node/difference_node, or cancelled/error (then the scene is unchanged)."""
+                     progressCallback=None, completedCallback=None, logCallback=None, pollIntervalMs: int = 100):
+        """Non-blocking: starts the engine in a child process and returns its job at once (``job.cancel()``,
+        ``job.finished``, ``job.outcome``). ``progressCallback(Progress)``, ``logCallback(str)`` and
+        ``completedCallback(JobOutcome)`` run in the main thread; the outcome holds enhanced_node/difference_node,
+        or cancelled/error (then the scene is unchanged)."""
+        if not self.ensureDependencies(task, model):
+            raise RuntimeError(_("Required Python packages are missing."))
         job = self._core().processAsync(
             inputVolumeNode, task=task, model=model, scale=scale, device=device, tile=tile, precision=precision,
             modality=modality, enhancedVolumeNode=enhancedVolumeNode, differenceVolumeNode=differenceVolumeNode,
-            progressCallback=progressCallback, completedCallback=completedCallback)
+            progressCallback=progressCallback, completedCallback=completedCallback, logCallback=logCallback)
         timer = qt.QTimer()
         timer.setInterval(pollIntervalMs)
 

@@ -19,6 +19,11 @@ def _error(message: str) -> None:
     sys.stderr.write(f"medsr: error: {message}\n")
 
 
+def _duration(seconds: float) -> str:
+    m, s = divmod(max(0, int(round(seconds))), 60)
+    return f"{m}:{s:02d}"
+
+
 def cmd_enhance(args: argparse.Namespace) -> int:
     from .engine.enhance import enhance
     from .core.io import check_writable, read_volume, write_volumes
@@ -41,12 +46,21 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         nonlocal bar
         if args.quiet:
             return
-        if bar is None:  # created on the first report, so refused requests print no empty bar
-            from tqdm import tqdm
+        if bar is None:  # created on the first report (within a second or two: "loading"), so refused requests
+            from tqdm import tqdm  # print no empty bar
 
-            bar = tqdm(total=p.total, unit="tile", desc="enhance", file=sys.stderr, leave=False)
-        bar.total = p.total
+            bar = tqdm(total=None, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True,
+                       desc=p.stage or "enhance", bar_format="{desc} [{elapsed}{postfix}]")
+        # The engine's ETA comes from the work done since inference began (tqdm's own rate would count the
+        # model loading and the jumps between reports).
+        bar.bar_format = ("{desc}: {percentage:3.0f}%|{bar}| {n}/{total} [{elapsed}{postfix}]" if p.total
+                          else "{desc} [{elapsed}{postfix}]")
+        bar.set_description_str(p.stage or "enhance", refresh=False)
+        bar.total = p.total or None
         bar.n = p.done
+        notes = ([] if p.eta is None or not p.total else [f"about {_duration(p.eta)} left"]) + \
+            ([p.message] if p.message else [])
+        bar.set_postfix_str(", ".join(notes), refresh=False)
         bar.refresh()
 
     try:

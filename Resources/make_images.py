@@ -1,7 +1,8 @@
 """Render the extension's icons and screenshot (run from the repository root: python Resources/make_images.py).
 
 Everything is drawn from a synthetic phantom, so no patient data (and no licence question) ends up in the
-repository. The screenshot shows what the module shows: input | enhanced | difference for a through-plane
+repository. The "screenshot" is a matplotlib drawing, not Slicer's rendering (captions say so); it shows what the
+module shows: input | enhanced | difference for a through-plane
 super-resolution, with the difference in a blue-white-red map around 0 and a symmetric window.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import LEFT_HANDED, OBLIQUE, listing, make_volume, sha256, to_sitk_image, write_dicom_series
-from MedSREnhanceLib import cli, read_volume
+from MedSREnhanceLib import cli, read_volume, write_volume
 
 # ----------------------------------------------------------------------------------------- bad-input cases
 
@@ -307,6 +307,17 @@ def test_enhance_quiet_prints_nothing(tmp_path: Path, capsys) -> None:
                      "--quiet"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_progress_bar_shows_stages_counts_and_eta(tmp_path: Path, capsys) -> None:
+    """The bar starts at "loading" (before torch and the weights), then counts ensemble members with an ETA."""
+    src = tmp_path / "in.nii.gz"
+    write_volume(make_volume(shape_zyx=(10, 12, 11)), src)
+    assert cli.main(["enhance", str(src), str(tmp_path / "o.nii.gz"), "--scale", "2", "--model", "mr-sr-x2",
+                     "--modality", "mr", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "loading" in err and "inference" in err
+    assert "/8" in err and "left" in err  # 8 ensemble members of the one window, each reported with an ETA
 
 
 def test_denoise_and_dicom_input(tmp_path: Path) -> None:

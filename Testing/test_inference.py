@@ -95,7 +95,7 @@ def test_single_tile_larger_than_volume(volume: np.ndarray) -> None:
     calls = []
     out = tiled_apply(volume, net, scale=(2, 2, 2), tile=512, halo=4, progress=calls.append)
     np.testing.assert_allclose(out, untiled(net, volume), atol=1e-5)
-    assert [p.total for p in calls] == [1]
+    assert [(p.done, p.total) for p in calls] == [(0, 1), (1, 1)]  # one window: its start and its end
 
 
 class Pointwise(nn.Module):
@@ -180,6 +180,8 @@ def test_progress_counts_and_eta(monkeypatch, volume: np.ndarray) -> None:
     tile = 16
     tiled_apply(volume, net, tile=tile, halo=2, progress=reports.append)
     total = math.prod(math.ceil(n / tile) for n in SHAPE)
+    assert reports[0].done == 0 and reports[0].eta is None  # a first report before the first window
+    reports = reports[1:]
     assert [p.done for p in reports] == list(range(1, total + 1))
     assert {p.total for p in reports} == {total}
     assert [p.elapsed for p in reports] == pytest.approx([float(i) for i in range(1, total + 1)])
@@ -191,7 +193,44 @@ def test_progress_counts_and_eta(monkeypatch, volume: np.ndarray) -> None:
 def test_progress_in_blend_mode_counts_windows(volume: np.ndarray) -> None:
     reports = []
     tiled_apply(volume, Pointwise(), tile=20, mode="blend", overlap=0.25, progress=reports.append)
-    assert reports[-1].done == reports[-1].total == len(reports) and reports[-1].eta == 0
+    assert reports[-1].done == reports[-1].total == len(reports) - 1 and reports[-1].eta == 0
+
+
+def test_progress_inside_a_window_counts_ensemble_members(monkeypatch, volume: np.ndarray) -> None:
+    """An 8-member flip ensemble reports each member, so one long window is 8 reports with a falling ETA."""
+    from MedSREnhanceLib.models.ensemble import flip_ensemble
+
+    clock = Clock()
+    monkeypatch.setattr(inference.time, "perf_counter", clock)
+
+    class Ensemble(torch.nn.Module):
+        ensemble = 8
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            def member(t: torch.Tensor) -> torch.Tensor:
+                clock.now += 1.0
+                return t
+            return flip_ensemble(member, x, self.ensemble, 3)
+
+    reports = []
+    out = tiled_apply(volume, Ensemble(), tile=64, halo=2, progress=reports.append)  # one window
+    np.testing.assert_allclose(out, volume, atol=1e-6)
+    assert [p.done for p in reports] == list(range(0, 9)) and {p.total for p in reports} == {8}
+    assert [p.eta for p in reports[1:]] == pytest.approx([float(8 - i) for i in range(1, 9)])
+    assert {p.stage for p in reports} == {"inference"}
+
+
+def test_cancel_inside_a_window(volume: np.ndarray) -> None:
+    from MedSREnhanceLib.models.ensemble import flip_ensemble
+
+    members = []
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        return flip_ensemble(lambda t: members.append(1) or t, x, 8, 3)
+
+    with pytest.raises(CancelledError):
+        tiled_apply(volume, net, tile=64, halo=2, cancel=lambda: len(members) >= 3)
+    assert len(members) == 3  # stopped after the member that saw the cancel, not at the end of the window
 
 
 @pytest.mark.parametrize("stop_after", [0, 1, 5])

@@ -245,3 +245,31 @@ def test_parameter_choices_match_the_helpers():
     assert choices("isotropicFactor") == list(helpers.ISOTROPIC_FACTORS)
     assert choices("throughPlaneAxis") == ["auto", *helpers.AXES]
     assert choices("precision") == list(helpers.PRECISIONS)
+
+
+def test_catalog_entry_is_formatted_as_the_extensions_index_requires():
+    """ExtensionsIndex runs prettier with prettier-plugin-multiline-arrays (multilineArraysWrapThreshold 0): two
+    spaces, one array element per line, a final newline. json.dumps(indent=2) writes exactly that."""
+    text = (ROOT / "MedSREnhance.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=2) + "\n"
+    assert not re.search(r"\[[^\n\]]", text), "an array opens on the same line as an element"
+
+
+def test_readme_states_the_licence():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Licence\n", 1)
+    assert len(section) == 2, "README has no Licence section"
+    assert "Apache License 2.0" in section[1] and "Apache-2.0" in section[1] and "(LICENSE)" in section[1]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/slicer.md"])
+def test_every_picture_says_whether_slicer_rendered_it(doc):
+    """A picture drawn outside Slicer must not pass for a Slicer screenshot: its caption (the paragraph after it)
+    says which it is."""
+    text = (ROOT / doc).read_text()
+    images = list(re.finditer(r"!\[[^\]]*\]\(([^)]+)\)", text))
+    assert images, f"{doc} has no pictures?"
+    for image in images:
+        caption = text[image.end():].strip().split("\n\n", 1)[0]
+        assert "3D Slicer screenshot" in caption, \
+            f"{doc}: the caption of {image.group(1)} does not say whether Slicer rendered it"

@@ -5,6 +5,7 @@ Classical models only (linear, gaussian), tiny volumes: no trained weights neede
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -476,7 +477,7 @@ def test_scripted_logic_process_and_async(scene, input_node, monkeypatch):
             timer.fire()
             if job.finished:
                 break
-            job._worker.wait(0.05)
+            time.sleep(0.05)
         assert job.finished and not timer.active and done and done[0].ok
         assert done[0].enhanced_node.GetName() == "MRHeadCrop_denoised"
         assert logic._activeJobs == {}
@@ -535,7 +536,7 @@ def test_docs_console_examples_run(scene, input_node, monkeypatch):
             timers[-1].fire()
             if job.finished:
                 break
-            job._worker.wait(0.05)
+            time.sleep(0.05)
         assert job.finished and job.outcome.ok, job.outcome
         assert job.outcome.enhanced_node.GetName() == "MRHead_SRx1x1x4"
         assert job.outcome.device in ("cpu (fp32)", "cpu (bf16)")  # what the panel says ran, arithmetic included
@@ -598,5 +599,36 @@ def test_show_results_assigns_and_links_views(scene, input_node, monkeypatch):
         assert (yellow.GetBackgroundVolumeID(), yellow.GetForegroundVolumeID()) == (enh.GetID(), diff.GetID())
         assert yellow.GetForegroundOpacity() == pytest.approx(0.5)
         assert widgets["Red"].mrmlSliceCompositeNode().GetBackgroundVolumeID() == input_node.GetID()
+    finally:
+        sys.modules.pop("MedSREnhance", None)
+
+
+def test_scripted_logic_asks_for_torch_only_when_the_model_needs_it(monkeypatch):
+    """A classical model never prompts; auto denoising prompts for torch (too old here) and nothing else."""
+    import importlib
+    import sys
+    import types
+
+    from MedSREnhanceLib.mrml import panel as helpers
+
+    _qt_stubs(monkeypatch)
+    module = importlib.import_module("MedSREnhance")
+    try:
+        requirements: list = []
+
+        class FakeTorchLogic:
+            def installTorch(self, askConfirmation=False, torchVersionRequirement=None):  # noqa: N802,N803
+                requirements.append(torchVersionRequirement)
+                return object()
+
+        monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FakeTorchLogic))
+        monkeypatch.setattr(slicer.util, "infoDisplay", lambda *a, **k: None, raising=False)
+        monkeypatch.setattr(helpers, "installed_torch_version", lambda: "1.13.1+cu117")
+        logic = module.MedSREnhanceLogic()
+        assert logic.ensureDependencies("sr", "linear") and requirements == []
+        assert logic.ensureDependencies("denoise", "auto") and requirements == [f">={helpers.MINIMUM_TORCH_VERSION}"]
+        monkeypatch.setattr(helpers, "installed_torch_version", lambda: "2.13.0")
+        requirements.clear()
+        assert logic.ensureDependencies("denoise", "auto") and requirements == []
     finally:
         sys.modules.pop("MedSREnhance", None)

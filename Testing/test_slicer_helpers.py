@@ -1,7 +1,6 @@
 """The panel's pure helpers (MedSREnhanceLib.mrml.panel): no Slicer, no Qt, no torch."""
 from __future__ import annotations
 
-import threading
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
@@ -30,7 +29,12 @@ def test_dependencies_per_model():
     assert h.required_packages("sr", "linear") == []
     assert h.required_packages("denoise", "gaussian") == []
     assert "scikit-image" in h.required_packages("denoise", "nlmeans")
-    assert "scikit-image" in h.required_packages("denoise", "auto")  # auto falls back to non-local means
+    # auto denoising runs a learned net for MR and for CT: torch, never non-local means' scikit-image
+    assert h.required_packages("denoise", "auto") == [] and h.needs_torch("denoise", "auto")
+    assert h.required_packages("sr", "auto") == []  # SR of CT falls back to B-spline: SimpleITK only
+    # a task whose learned models leave a modality uncovered does need the classical fallback's packages
+    only_mr = {n: s for n, s in REGISTRY.items() if s.name != "ct-denoise"}
+    assert "scikit-image" in h.required_packages("denoise", "auto", registry=only_mr)
     assert not h.needs_torch("sr", "linear")
     learned = [n for n, s in REGISTRY.items() if s.kind == "learned"]
     for name in learned:
@@ -111,43 +115,30 @@ def test_progress_text():
     assert h.format_duration(75) == "1:15"
     assert h.format_duration(3725) == "1:02:05"
     text = h.format_progress(Progress(3, 12, 7.2, 21.4))
-    assert text == "Tile 3/12, 0:07 elapsed, about 0:21 left"
-    assert h.format_progress(Progress(0, 12, 0.1, None)) == "Tile 0/12, 0:00 elapsed"
+    assert text == "Step 3/12, 0:07 elapsed, about 0:21 left"
+    assert h.format_progress(Progress(0, 12, 0.1, None)) == "Step 0/12, 0:00 elapsed"
+    assert h.format_progress(Progress(0, 0, 1.6, None, "loading mr-sr-x2", "loading")) == \
+        "Loading the model, 0:02 elapsed"
+    assert h.format_progress(Progress(5, 16, 9.0, 20.0, "window 1 of 2", "inference")) == \
+        "Enhancing 5/16, 0:09 elapsed, about 0:20 left - window 1 of 2"
+    assert h.format_log_line(67.4, "tiled inference on cpu") == "[1:07] tiled inference on cpu"
 
 
-def test_worker_reports_progress_and_result():
-    gate = threading.Event()
-
-    def compute(progress, cancel):
-        progress(Progress(1, 2, 0.1, 0.1))
-        gate.wait(5)
-        progress(Progress(2, 2, 0.2, 0.0))
-        return "result"
-
-    worker = h.Worker(compute).start()
-    deadline = 50
-    while worker.new_progress() is None and deadline:
-        threading.Event().wait(0.01)
-        deadline -= 1
-    assert worker.new_progress() is None  # the same report is forwarded once
-    gate.set()
-    assert worker.wait(5)
-    assert worker.outcome() == ("result", None)
-    assert worker.new_progress().done == 2
+@pytest.mark.parametrize("version,ok", [("2.13.0+cpu", True), ("2.1", True), ("2.1.0a0", True),
+                                        ("2.0.1", False), ("1.13.1+cu117", False), ("", False), (None, False)])
+def test_torch_version_against_the_minimum(version, ok):
+    assert h.torch_version_ok(version, "2.1") is ok
 
 
-def test_worker_cancel_and_error():
-    def compute(progress, cancel):
-        while not cancel():
-            threading.Event().wait(0.005)
-        raise RuntimeError("stopped")
-
-    worker = h.Worker(compute).start()
-    assert not worker.done
-    worker.cancel()
-    assert worker.wait(5) and worker.cancel_requested
-    result, error = worker.outcome()
-    assert result is None and isinstance(error, RuntimeError)
+def test_dependency_plan_prompts_only_for_what_the_model_needs():
+    assert h.dependency_plan("sr", "linear", torch_version="").ready  # classical: neither torch nor packages
+    assert h.dependency_plan("denoise", "auto", torch_version="2.13.0").ready
+    missing = h.dependency_plan("denoise", "auto", torch_version="")
+    assert (missing.torch, missing.packages) == ("missing", ())  # torch only, no scikit-image prompt
+    old = h.dependency_plan("sr", "mr-sr-x2", torch_version="1.13.1")
+    assert old.torch == "too old" and not old.ready
+    assert h.dependency_plan("sr", "mr-sr-x2", torch_version="1.13.1", check_torch=False).ready
+    assert h.installed_torch_version() is not None  # this environment has torch (read without importing it)
 
 
 def test_card_summary():

@@ -87,7 +87,8 @@ def ct_noise_level(hu: np.ndarray) -> float:
 
 
 def forward(array: np.ndarray, kind: str) -> tuple[np.ndarray, dict[str, float]]:
-    """Normalise ``array`` for a model; returns the array and the parameters ``inverse`` needs."""
+    """Normalise ``array`` for a model; returns the array and the parameters ``inverse`` needs (plus, for the
+    noise-level normalisations, the estimate they used: ``noise_percent`` of the peak or ``noise_hu``)."""
     if kind == "mr":
         scale = robust_max(array)
         return (array / scale).astype(np.float32), {"offset": 0.0, "scale": scale}
@@ -95,13 +96,15 @@ def forward(array: np.ndarray, kind: str) -> tuple[np.ndarray, dict[str, float]]
         peak = robust_max(array)
         level = float(np.clip(noise_sigma(array) / peak, *NOISE_LEVEL_RANGE))
         scale = level * peak / NOISE_REF
-        return (array / scale).astype(np.float32), {"offset": 0.0, "scale": scale}
+        return (array / scale).astype(np.float32), {"offset": 0.0, "scale": scale, "noise_percent": 100 * level}
     if kind == "ct-noise":
         # "ct" with the gain set so that the estimated noise std becomes CT_NOISE_REF_HU: HU are absolute, but
         # a dose-blind net must guess the noise from the image, and over-smoothed every 1e5-photon lung CT
         # (a 0.7 blend with the input was 0.5-1.7 dB better); told the level, it removes what is there.
-        scale = CT_SCALE * ct_noise_level(array) / CT_NOISE_REF_HU
-        return ((array + CT_OFFSET) / scale).astype(np.float32), {"offset": -CT_OFFSET, "scale": scale}
+        sigma_hu = ct_noise_level(array)
+        scale = CT_SCALE * sigma_hu / CT_NOISE_REF_HU
+        return ((array + CT_OFFSET) / scale).astype(np.float32), {"offset": -CT_OFFSET, "scale": scale,
+                                                                   "noise_hu": sigma_hu}
     if kind == "ct":
         return ((array + CT_OFFSET) / CT_SCALE).astype(np.float32), {"offset": -CT_OFFSET, "scale": CT_SCALE}
     raise ValueError(f"unknown normalisation {kind!r}")

@@ -112,15 +112,18 @@ def _run_classical(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str,
     return out
 
 
-def _report(ctx: dict[str, Any], done: int, total: int) -> None:
+def _report(ctx: dict[str, Any], done: int, total: int, stage: str = "inference", message: str = "") -> None:
     if ctx["cancel"] is not None and ctx["cancel"]():
         raise CancelledError("cancelled by the user")
     if ctx["progress"] is not None:
         elapsed = time.perf_counter() - ctx["t0"]
-        ctx["progress"](Progress(done, total, elapsed, 0.0 if done == total else None))
+        eta = 0.0 if total and done == total else None
+        ctx["progress"](Progress(done, total, elapsed, eta, message=message, stage=stage))
 
 
 def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, Any]) -> Volume:
+    # Loading (the torch import, weights, hash check) takes seconds on a cold start: say so before it begins.
+    _report(ctx, 0, 0, "loading", f"loading {spec.name}")
     import torch
 
     from .inference import autocast_dtype, choose_device, precision_name, run_with_fallback
@@ -133,6 +136,10 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
     halo = int(getattr(net, "halo", 16))
     width = int(getattr(net, "width", 64))
     array, norm = normalise.forward(volume.array, spec.normalisation)
+    if "noise_percent" in norm:
+        logger.info("noise level estimated: %.2f %% of the 99.5th percentile", norm["noise_percent"])
+    elif "noise_hu" in norm:
+        logger.info("noise level estimated: %.1f HU (soft tissue)", norm["noise_hu"])
 
     def make_net(dev: torch.device) -> Any:
         return net.to(dev)
@@ -162,6 +169,7 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
         raise ValueError(f"model {spec.name} has an unknown scale mode {spec.scale_mode!r}")
     ctx["device_used"] = str(used)
     ctx["precision_used"] = precision_name(autocast_dtype(used, ctx["precision"]))
+    logger.info("ran on %s in %s", used, ctx["precision_used"])
     if spec.normalisation.startswith("mr") and float(volume.array.min()) >= 0:
         result = result.with_array(np.maximum(result.array, 0))  # magnitude images stay non-negative
     return result
@@ -223,10 +231,21 @@ def enhance(
                         "tile options do not apply")
     total_voxels = math.prod(resized_geometry(volume, factors)[0])
     logger.info("enhance: %s with %s, scale %s, %d output voxels", task, spec.name, factors, total_voxels)
-    ctx: dict[str, Any] = {"device": device, "tile": tile, "precision": precision, "progress": progress,
+    reports: list[Progress] = []
+
+    def tracked(p: Progress) -> None:
+        reports[:] = [p]
+        progress(p)  # type: ignore[misc] - only installed when progress is given
+
+    ctx: dict[str, Any] = {"device": device, "tile": tile, "precision": precision,
+                           "progress": tracked if progress is not None else None,
                            "cancel": cancel, "messages": messages, "params": params, "t0": t0,
                            "device_used": "cpu", "precision_used": ""}
+    logger.info("model %s: %s", spec.name, spec.summary)
     enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
+    last = reports[-1] if reports else None  # what the run finished: the final report keeps its count
+    done = last.total if last is not None and last.total else 1
+    _report(ctx, done, done, "finishing", "difference map")
     reference = volume if task in SAME_GRID else resample_to(volume, enhanced, "bspline")
     difference = enhanced.with_array(enhanced.array - reference.array)
     return EnhanceResult(enhanced, difference, spec.name, task, factors, ctx["device_used"],

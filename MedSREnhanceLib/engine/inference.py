@@ -19,6 +19,7 @@ import torch
 
 from ..core.errors import CancelledError
 from ..core.progress import CancelFn, Progress, ProgressFn
+from ..models.steps import step_reporter
 
 logger = logging.getLogger(__name__)
 
@@ -160,17 +161,40 @@ def tiled_apply(
         weights = np.zeros(out_shape, np.float32)
         window_w = _gaussian_window([(b - a) * s for (a, b), s in zip(windows[0][1], scale)])
     total = len(windows)
+    # Work units: windows x passes per window (ensemble members, slice batches), so a long window still reports.
+    # The net's own step reports correct the first guess of its passes.
+    passes = [max(1, int(getattr(net, "ensemble", 1) or 1))]
+    last = [-1]
     t0 = time.perf_counter()
+
+    def emit(done: int) -> None:
+        if progress is None or done == last[0]:
+            return
+        last[0] = done
+        elapsed = time.perf_counter() - t0
+        units = total * passes[0]
+        eta = elapsed / done * (units - done) if done else None
+        window = min(total, max(0, done - 1) // passes[0] + 1)
+        progress(Progress(done, units, elapsed, eta, message=f"window {window} of {total}", stage="inference"))
+
+    def on_step(index: int, step: int, steps: int) -> None:
+        if cancel is not None and cancel():
+            raise CancelledError("cancelled by the user")
+        passes[0] = max(1, steps)
+        emit(index * passes[0] + step)
+
     autocast = (
         torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else _nullcontext()
     )
+    emit(0)  # the model is loaded and the windows planned: news before the first (possibly long) window
     with torch.inference_mode(), autocast:
-        for done, (read, core) in enumerate(windows):
+        for index, (read, core) in enumerate(windows):
             if cancel is not None and cancel():
                 raise CancelledError("cancelled by the user")
             block = array[read[0][0]:read[0][1], read[1][0]:read[1][1], read[2][0]:read[2][1]]
             x = torch.from_numpy(np.ascontiguousarray(block))[None, None].to(device)
-            y = net(x).float()[0, 0].cpu().numpy()
+            with step_reporter(lambda step, steps, i=index: on_step(i, step, steps)):
+                y = net(x).float()[0, 0].cpu().numpy()
             # Crop the halo in output voxels: offset of the core inside the read block, times the scale.
             sl = tuple(
                 slice((c0 - r0) * s, (c1 - r0) * s) for (c0, c1), (r0, _), s in zip(core, read, scale)
@@ -181,10 +205,7 @@ def tiled_apply(
             else:
                 out[dst] += y[sl] * window_w
                 weights[dst] += window_w
-            if progress is not None:
-                elapsed = time.perf_counter() - t0
-                eta = elapsed / (done + 1) * (total - done - 1)
-                progress(Progress(done + 1, total, elapsed, eta))
+            emit((index + 1) * passes[0])
     if weights is not None:
         out /= weights
     return out

@@ -1,9 +1,13 @@
-"""Geometric self-ensemble shared by the architectures: average a network over flipped copies of its input."""
+"""Geometric self-ensemble shared by the architectures: average a network over flipped copies of its input.
+
+Each member reports itself through ``steps.report_step`` so a long window still shows progress."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+
+from .steps import report_step
 
 # flip sets (tensor dims of a (N, C, D, H, W) input), ordered so that the first n are the most diverse
 FLIPS_3D: tuple[tuple[int, ...], ...] = ((), (2, 3, 4), (2,), (3, 4), (3,), (2, 4), (4,), (2, 3))
@@ -23,7 +27,8 @@ def flip_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n
     check_ensemble(n, spatial_dims)
     flips = list(dict.fromkeys(tuple(d for d in f if d < 2 + spatial_dims) for f in FLIPS_3D))[:n]
     out = torch.zeros(())
-    for f in flips:
+    for i, f in enumerate(flips):
         y = fn(x.flip(f) if f else x)
         out = out + (y.flip(f) if f else y)
+        report_step(i + 1, len(flips))
     return out / len(flips)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .steps import report_step
+
 
 class SliceNet2d(nn.Module):
     """x + residual(x) with dilated 3x3 convolutions (receptive-field radius = sum of dilations)."""
@@ -45,9 +47,14 @@ class ThroughPlaneNet(nn.Module):
         self.halo: int = sum(dil)
         self.scale_factors: tuple[int, ...] = (1,) * spatial_dims  # input already on the output grid
 
-    def _run_slices(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, 1, D, L) slices; run in chunks of slice_batch
-        return torch.cat([self.net2d(chunk) for chunk in torch.split(x, self.slice_batch)], dim=0)
+    def _run_slices(self, x: torch.Tensor, offset: int = 0, total: int = 0) -> torch.Tensor:
+        # x: (B, 1, D, L) slices; run in chunks of slice_batch, each reported as one step of ``total``
+        out = []
+        for i, chunk in enumerate(torch.split(x, self.slice_batch)):
+            out.append(self.net2d(chunk))
+            if total:
+                report_step(offset + i + 1, total)
+        return torch.cat(out, dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spatial_dims == 2:
@@ -55,8 +62,9 @@ class ThroughPlaneNet(nn.Module):
         n, c, d, h, w = x.shape
         # (D, H) slices: one per W index
         dh = x.permute(0, 4, 1, 2, 3).reshape(n * w, c, d, h)  # (N*W, 1, D, H)
-        dh = self._run_slices(dh).reshape(n, w, c, d, h).permute(0, 2, 3, 4, 1)  # (N, 1, D, H, W)
+        batches = -(-n * w // self.slice_batch), -(-n * h // self.slice_batch)
+        dh = self._run_slices(dh, 0, sum(batches)).reshape(n, w, c, d, h).permute(0, 2, 3, 4, 1)  # (N, 1, D, H, W)
         # (D, W) slices: one per H index
         dw = x.permute(0, 3, 1, 2, 4).reshape(n * h, c, d, w)  # (N*H, 1, D, W)
-        dw = self._run_slices(dw).reshape(n, h, c, d, w).permute(0, 2, 3, 1, 4)  # (N, 1, D, H, W)
+        dw = self._run_slices(dw, batches[0], sum(batches)).reshape(n, h, c, d, w).permute(0, 2, 3, 1, 4)  # (N, 1, D, H, W)
         return 0.5 * (dh + dw)

@@ -1,17 +1,25 @@
-"""Non-blocking enhancement of a volume node (``EnhanceJob``) and the logic core the scripted module wraps."""
+"""Non-blocking enhancement of a volume node (``EnhanceJob``) and the logic core the scripted module wraps.
+
+The engine runs in a child Python process (``engine.process``): in Slicer a Python thread advances only while
+the main thread runs Python (PythonQt keeps the GIL while Qt idles), which made a threaded run up to 5x slower
+than the blocking call and its cancel wait for a whole tile. A process runs at full speed, stops when told,
+and a crash ends only the child. The scene is read in the constructor and written in ``poll()``, both on the
+thread that owns it.
+"""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ..core.errors import CancelledError
+from ..core.errors import InputError
+from ..core.progress import Progress
+from ..engine.process import EngineProcess, EngineProcessError
 from . import panel as helpers
-from .nodes import CancelFn, ProgressFn, normalised_scale, apply_result, compute_volume, enhance_volume_node, volume_from_node
+from .nodes import CancelFn, ProgressFn, apply_result, enhance_volume_node, normalised_scale, volume_from_node
 
+LogFn = Callable[[str], None]
 
-# ----------------------------------------------------------------------------------------------------------------
-# Non-blocking runs and the logic core the scripted module wraps
-# ----------------------------------------------------------------------------------------------------------------
 
 @dataclass
 class JobOutcome:
@@ -21,8 +29,9 @@ class JobOutcome:
     error: Optional[BaseException] = None
     model: str = ""
     device: str = ""
-    messages: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)  # the engine's notes on the result (fallbacks, resampling)
     elapsed: float = 0.0
+    log: list[str] = field(default_factory=list)  # everything the run reported, one timestamped line each
 
     @property
     def ok(self) -> bool:
@@ -30,19 +39,24 @@ class JobOutcome:
 
 
 class EnhanceJob:
-    """One non-blocking enhancement: the engine in a worker thread, the scene touched only in ``poll()``.
+    """One non-blocking enhancement: the engine in a child process, the scene touched only in ``poll()``.
 
     The caller polls from the thread that owns the scene (the Slicer logic uses a qt.QTimer every ~100 ms).
-    ``poll()`` forwards new progress to ``progress_callback`` and, once the worker ends, builds the nodes and calls
-    ``completed_callback(JobOutcome)`` exactly once. ``cancel()`` returns at once; the worker stops at the next
-    tile boundary and a result that still arrives is discarded.
+    ``poll()`` never blocks: it forwards the newest progress to ``progress_callback``, each new log line to
+    ``log_callback`` and, once the child has ended, builds the nodes and calls ``completed_callback(JobOutcome)``
+    exactly once. ``cancel()`` returns at once: the child is terminated (killed if it has not ended within half
+    a second) and the scene stays as it was. ``python`` overrides the child's interpreter (default: Slicer's
+    Python in Slicer, else this one).
     """
 
     def __init__(self, input_node: Any, *, task: str, model: str = "auto", scale: Any = 1, device: str = "auto",
                  modality: str = "auto", tile: Optional[int] = None, precision: str = "auto",
                  enhanced_node: Any = None, difference_node: Any = None,
                  progress_callback: Optional[ProgressFn] = None,
-                 completed_callback: Optional[Callable[[JobOutcome], None]] = None) -> None:
+                 completed_callback: Optional[Callable[[JobOutcome], None]] = None,
+                 log_callback: Optional[LogFn] = None, python: Optional[str] = None) -> None:
+        if task not in helpers.TASKS:
+            raise InputError(f"unknown task {task!r}; expected one of {', '.join(helpers.TASKS)}")
         self.input_node = input_node
         self.task = task
         self.scale = normalised_scale(task, scale)
@@ -50,71 +64,158 @@ class EnhanceJob:
         self.difference_node = difference_node
         self.progress_callback = progress_callback
         self.completed_callback = completed_callback
+        self.log_callback = log_callback
         self.outcome: Optional[JobOutcome] = None
+        self.log: list[str] = []
         volume = volume_from_node(input_node)  # copied here, in the scene thread
-        opts = dict(task=task, model=model, scale=self.scale, device=device, modality=modality, tile=tile,
-                    precision=precision)
-        self._worker = helpers.Worker(
-            lambda progress, cancel: compute_volume(volume, progress=progress, cancel=cancel, **opts))
+        if modality == "auto" and volume.metadata.get("modality"):
+            modality = volume.metadata["modality"]  # DICOM Modality from the node, as the blocking call does
+        options = dict(task=task, model=model, scale=list(self.scale), device=device, modality=modality,
+                       tile=tile or None, precision=precision)
+        self._process = EngineProcess(volume, options, python=python)
+        self._cancel_requested = False
+        self._child_error: Optional[dict[str, Any]] = None
+        self._child_done = False
+        self._stage = ""
+
+    # -- control --------------------------------------------------------------------------------------------------
 
     def start(self) -> "EnhanceJob":
-        self._worker.start()
+        self._process.start()
+        self._add_log(f"engine process {self._process.pid} started")
         return self
 
     def cancel(self) -> None:
-        self._worker.cancel()
+        """Stop the run (returns at once); the next ``poll()`` calls completed_callback with cancelled=True."""
+        if self.outcome is None and not self._cancel_requested:
+            self._cancel_requested = True
+            self._process.terminate()
+
+    def abort(self) -> None:
+        """Stop now and clean up without callbacks (module cleanup, scene close): nothing left behind."""
+        self._cancel_requested = True
+        self.completed_callback = None
+        self._process.cleanup()
+        if self.outcome is None:
+            self.outcome = JobOutcome(cancelled=True, elapsed=self.elapsed, log=list(self.log))
 
     @property
     def finished(self) -> bool:
         return self.outcome is not None
 
+    @property
+    def pid(self) -> Optional[int]:
+        """The child's process id (None before start)."""
+        return self._process.pid
+
+    @property
+    def folder(self) -> Any:
+        """The run's private temporary folder (removed when the job ends)."""
+        return self._process.folder
+
+    @property
+    def elapsed(self) -> float:
+        started = self._process.started_at
+        return 0.0 if started is None else time.perf_counter() - started
+
+    # -- polling --------------------------------------------------------------------------------------------------
+
     def poll(self) -> bool:
-        """Forward progress; finish up when the worker is done. Returns True once finished."""
+        """Read what the child reported; finish up once it has ended. Returns True once finished."""
         if self.outcome is not None:
             return True
-        progress = self._worker.new_progress()
-        if progress is not None and self.progress_callback is not None and not self._worker.cancel_requested:
-            self.progress_callback(progress)
-        if not self._worker.done:
+        returncode = self._process.returncode  # read before the events, so no event written before exit is missed
+        latest = self._read_events()
+        if self._cancel_requested:
+            if returncode is None:
+                self._process.step()
+                return False
+            self._finish(JobOutcome(cancelled=True))
+            return True
+        if latest is not None and self.progress_callback is not None:
+            self.progress_callback(latest)
+        if returncode is None:
             return False
-        result, error = self._worker.outcome()
-        outcome = JobOutcome(elapsed=_elapsed(self._worker))
-        if self._worker.cancel_requested or isinstance(error, CancelledError):
-            outcome.cancelled = True
-        elif error is not None:
-            outcome.error = error
-        else:
-            try:
-                outcome.enhanced_node, outcome.difference_node = apply_result(
-                    self.input_node, result, task=self.task, scale=self.scale,
-                    enhanced_node=self.enhanced_node, difference_node=self.difference_node)
-                outcome.model = str(getattr(result, "model", ""))
-                outcome.device = result.ran_on
-                outcome.messages = list(getattr(result, "messages", []) or [])
-            except Exception as exc:  # noqa: BLE001 - reported through the outcome like engine errors
-                outcome.error = exc
-        self.outcome = outcome
-        if self.completed_callback is not None:
-            self.completed_callback(outcome)
+        self._finish(self._ended_outcome())
         return True
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> JobOutcome:
         """Poll until finished (for scripts and tests that own the scene thread)."""
-        import time
-
         deadline = None if timeout is None else time.perf_counter() + timeout
         while not self.poll():
             if deadline is not None and time.perf_counter() > deadline:
                 raise TimeoutError("enhancement did not finish in time")
-            self._worker.wait(interval)
+            time.sleep(interval)
         assert self.outcome is not None
         return self.outcome
 
+    def _read_events(self) -> Optional[Progress]:
+        latest = None
+        for event in self._process.read_events():
+            kind = event.get("type")
+            if kind == "progress":
+                latest = Progress(int(event.get("done") or 0), int(event.get("total") or 0), self.elapsed,
+                                  event.get("eta"), str(event.get("message") or ""), str(event.get("stage") or ""))
+                if latest.stage != self._stage:  # stage changes go to the log; every unit would flood it
+                    self._stage = latest.stage
+                    self._add_log(latest.message or latest.stage)
+            elif kind == "log":
+                self._add_log(str(event.get("message", "")))
+            elif kind == "error":
+                self._child_error = event
+            elif kind == "done":
+                self._child_done = True
+        return latest
 
-def _elapsed(worker: helpers.Worker) -> float:
-    import time
+    def _add_log(self, text: str) -> None:
+        line = helpers.format_log_line(self.elapsed, text)
+        self.log.append(line)
+        if self.log_callback is not None:
+            self.log_callback(line)
 
-    return 0.0 if worker.started_at is None else time.perf_counter() - worker.started_at
+    def _ended_outcome(self) -> JobOutcome:
+        outcome = JobOutcome()
+        error = self._child_error
+        if error is not None:
+            if error.get("kind") == "InputError":
+                outcome.error = InputError(str(error.get("message", "")))
+            elif error.get("kind") == "CancelledError":
+                outcome.cancelled = True
+            else:
+                outcome.error = EngineProcessError(f"{error.get('kind')}: {error.get('message')}",
+                                                   str(error.get("traceback") or self._process.stderr_tail()))
+            return outcome
+        if not self._child_done or self._process.returncode != 0:
+            tail = self._process.stderr_tail()
+            message = self._process.describe_exit()
+            outcome.error = EngineProcessError(message + (f"; last lines of its stderr:\n{tail}" if tail else ""),
+                                               tail)
+            return outcome
+        try:
+            result = self._process.load_result()
+            outcome.enhanced_node, outcome.difference_node = apply_result(
+                self.input_node, result, task=self.task, scale=self.scale,
+                enhanced_node=self.enhanced_node, difference_node=self.difference_node)
+            outcome.model = str(result.model)
+            outcome.device = result.ran_on
+            outcome.messages = list(result.messages)
+        except Exception as exc:  # noqa: BLE001 - reported through the outcome like engine errors
+            outcome.error = exc
+        return outcome
+
+    def _finish(self, outcome: JobOutcome) -> None:
+        self._process.cleanup()  # the child is reaped and the folder removed before anyone hears of the end
+        outcome.elapsed = self.elapsed
+        if outcome.cancelled:
+            self._add_log("cancelled")
+        elif outcome.error is not None:
+            self._add_log(f"failed: {str(outcome.error).splitlines()[0] if str(outcome.error) else outcome.error!r}")
+        else:
+            self._add_log(f"done: {outcome.model} on {outcome.device}")
+        outcome.log = list(self.log)
+        self.outcome = outcome
+        if self.completed_callback is not None:
+            self.completed_callback(outcome)
 
 
 class EnhanceLogic:
@@ -134,9 +235,10 @@ class EnhanceLogic:
                      device: str = "auto", *, modality: str = "auto", tile: Optional[int] = None,
                      precision: str = "auto", enhancedVolumeNode: Any = None, differenceVolumeNode: Any = None,
                      progressCallback: Optional[ProgressFn] = None,
-                     completedCallback: Optional[Callable[[JobOutcome], None]] = None) -> EnhanceJob:
-        """Non-blocking: starts and returns an EnhanceJob; the caller drives ``job.poll()``."""
+                     completedCallback: Optional[Callable[[JobOutcome], None]] = None,
+                     logCallback: Optional[LogFn] = None) -> EnhanceJob:
+        """Non-blocking: starts the engine process and returns its EnhanceJob; the caller drives ``job.poll()``."""
         return EnhanceJob(inputVolumeNode, task=task, model=model, scale=scale, device=device, modality=modality,
                           tile=tile, precision=precision, enhanced_node=enhancedVolumeNode,
                           difference_node=differenceVolumeNode, progress_callback=progressCallback,
-                          completed_callback=completedCallback).start()
+                          completed_callback=completedCallback, log_callback=logCallback).start()

@@ -1,4 +1,5 @@
-"""Pure helpers behind the Slicer panel: choice lists, scale rules, output names, layout XML, a worker thread.
+"""Pure helpers behind the Slicer panel: choice lists, scale rules, output names, layout XML, dependency checks,
+progress and log text.
 
 Nothing here imports slicer, qt, vtk or torch (only the light parts of the library), so all of it is tested with
 plain pytest and the panel's setup() stays fast; the scripted module (MedSREnhance/MedSREnhance.py) only binds
@@ -8,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -92,7 +91,7 @@ def _numbers(tree: Any, prefix: str = "") -> list[tuple[str, float]]:
 # nlmeans: scikit-image's estimate_sigma needs PyWavelets.
 METHOD_PACKAGES: dict[str, tuple[str, ...]] = {"nlmeans": ("scikit-image", "PyWavelets")}
 IMPORT_NAMES: dict[str, str] = {"scikit-image": "skimage", "PyWavelets": "pywt"}
-AUTO_CLASSICAL: dict[str, str] = {"sr": "bspline", "denoise": "nlmeans"}  # enhance.select_model's fallback
+AUTO_CLASSICAL: dict[str, str] = {"sr": "bspline", "denoise": "nlmeans", "motion": "nlmeans"}  # select_model's fallback
 
 
 def needs_torch(task: str, model: str, registry: Optional[dict[str, Any]] = None) -> bool:
@@ -109,7 +108,13 @@ def required_packages(task: str, model: str, registry: Optional[dict[str, Any]] 
     """pip requirements (other than torch, which comes from the PyTorch extension) the run may import."""
     if registry is None:
         from ..models.registry import REGISTRY as registry  # noqa: N811
-    names = [AUTO_CLASSICAL.get(task, "")] if model == "auto" else [model]
+    if model == "auto":
+        # "auto" falls back to the classical method only for a modality no learned model of the task serves
+        # (denoising: both MR and CT have one, so no scikit-image; SR of CT uses B-spline, which needs nothing).
+        learned = {m for s in registry.values() if s.task == task and s.kind == "learned" for m in s.modalities}
+        names = [] if {"mr", "ct"} <= learned else [AUTO_CLASSICAL.get(task, "")]
+    else:
+        names = [model]
     out: list[str] = []
     for name in names:
         spec = registry.get(name)
@@ -260,79 +265,82 @@ def format_duration(seconds: Optional[float]) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+STAGE_LABELS: dict[str, str] = {"starting": "Starting the engine", "loading": "Loading the model",
+                                 "inference": "Enhancing", "finishing": "Computing the difference map"}
+
+
 def format_progress(progress: Any) -> str:
-    """"Tile 3/12, 0:07 elapsed, about 0:21 left" from an engine Progress (done, total, elapsed, eta, message)."""
-    text = f"Tile {progress.done}/{progress.total}, {format_duration(progress.elapsed)} elapsed"
-    if progress.eta is not None:
+    """"Enhancing 3/16, 0:07 elapsed, about 0:21 left" from an engine Progress (done, total, elapsed, eta,
+    message, stage); before the first unit of work, what the engine is doing ("Loading the model, 0:02 elapsed")."""
+    stage = getattr(progress, "stage", "")
+    label = STAGE_LABELS.get(stage, "Step" if not stage else stage.capitalize())
+    text = f"{label} {progress.done}/{progress.total}" if progress.total else label
+    text += f", {format_duration(progress.elapsed)} elapsed"
+    if progress.eta is not None and progress.total:
         text += f", about {format_duration(progress.eta)} left"
-    if getattr(progress, "message", ""):
-        text += f" - {progress.message}"
+    message = getattr(progress, "message", "")
+    if message and stage not in ("starting", "loading", "finishing"):  # those messages repeat the label
+        text += f" - {message}"
     return text
 
 
-class Worker:
-    """Runs ``compute(progress, cancel)`` in a daemon thread; the GUI thread polls it (Qt-free on purpose).
+def format_log_line(elapsed: float, text: str) -> str:
+    """One line of the panel's log box: "[0:07] tiled inference on cpu, tile 64, halo 8"."""
+    return f"[{format_duration(elapsed)}] {text}"
 
-    Why a thread and not a process: the engine releases the GIL inside torch/SimpleITK, the volume stays in memory
-    (no temp files), and cancel is cooperative between tiles. MRML must only be touched from the polling thread,
-    which is why ``compute`` returns plain data and the caller puts it in the scene in ``poll``.
-    """
 
-    def __init__(self, compute: Callable[[Callable[[Any], None], Callable[[], bool]], Any]) -> None:
-        self._compute = compute
-        self._lock = threading.Lock()
-        self._cancel = threading.Event()
-        self._progress: Any = None
-        self._progress_seen: Any = None
-        self._result: Any = None
-        self._error: Optional[BaseException] = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="MedSREnhanceWorker", daemon=True)
-        self.started_at: Optional[float] = None
+MINIMUM_TORCH_VERSION = "2.1"
 
-    def start(self) -> "Worker":
-        self.started_at = time.perf_counter()
-        self._thread.start()
-        return self
 
-    def _on_progress(self, progress: Any) -> None:
-        with self._lock:
-            self._progress = progress
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(2, 13, 0) from "2.13.0+cpu" or "2.6.0a0": the leading numeric release parts only."""
+    out = []
+    for part in version.split("+")[0].split("."):
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        out.append(int(digits))
+        if digits != part:
+            break
+    return tuple(out)
 
-    def _run(self) -> None:
-        try:
-            result = self._compute(self._on_progress, self._cancel.is_set)
-            with self._lock:
-                self._result = result
-        except BaseException as exc:  # noqa: BLE001 - handed to the GUI thread, which reports it
-            with self._lock:
-                self._error = exc
-        finally:
-            self._done.set()
 
-    def cancel(self) -> None:
-        self._cancel.set()
+def torch_version_ok(version: Optional[str], minimum: str = MINIMUM_TORCH_VERSION) -> bool:
+    return bool(version) and version_tuple(version) >= version_tuple(minimum)  # type: ignore[arg-type]
+
+
+def installed_torch_version() -> Optional[str]:
+    """The installed torch's version from its metadata, without importing it (an import costs seconds and, for a
+    broken install, can lock files a reinstall must replace); None when torch is not installed."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class DependencyPlan:
+    """What a run of (task, model) needs that is not there: prompts are shown only for these."""
+    torch: str  # "" (not needed or fine), "missing" or "too old"
+    torch_version: Optional[str]
+    packages: tuple[str, ...]  # pip requirements other than torch that are not importable
 
     @property
-    def cancel_requested(self) -> bool:
-        return self._cancel.is_set()
+    def ready(self) -> bool:
+        return not self.torch and not self.packages
 
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
 
-    def new_progress(self) -> Any:
-        """The latest progress if it changed since the last call, else None."""
-        with self._lock:
-            p = self._progress
-        if p is None or p is self._progress_seen:
-            return None
-        self._progress_seen = p
-        return p
-
-    def outcome(self) -> tuple[Any, Optional[BaseException]]:
-        with self._lock:
-            return self._result, self._error
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        return self._done.wait(timeout)
+def dependency_plan(task: str, model: str, *, torch_version: Optional[str] = None, check_torch: bool = True,
+                    registry: Optional[dict[str, Any]] = None) -> DependencyPlan:
+    """Which dependencies the selected model is missing. ``torch_version``: the installed one (default: read
+    from the package metadata); ``check_torch=False`` skips torch (e.g. the caller forces it)."""
+    needs = check_torch and needs_torch(task, model, registry)
+    version = (torch_version if torch_version is not None else installed_torch_version()) if needs else None
+    state = "" if not needs else ("missing" if not version else ("" if torch_version_ok(version) else "too old"))
+    return DependencyPlan(state, version, tuple(missing_packages(required_packages(task, model, registry))))
