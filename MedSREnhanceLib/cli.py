@@ -75,14 +75,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from .batch import SUMMARY_NAME, run_batch
     from .batch.schedulers import dask_available
 
-    if not args.verbose:  # Dask logs every worker start and stop at INFO; the summary line says what matters
-        logging.getLogger("distributed").setLevel(logging.ERROR)
     scheduler = args.scheduler
     if scheduler is None:  # local when dask is installed, else this process (said once, unless --quiet)
         scheduler = "local" if dask_available() else "none"
         if scheduler == "none" and not args.quiet:
             sys.stderr.write("medsr: dask is not installed (pip install \"MedSREnhance[batch]\"): running the "
                              "cases one after another in this process\n")
+    if scheduler != "none" and dask_available() and not args.verbose:
+        import distributed  # noqa: F401  (importing it sets its loggers to INFO: quieten them afterwards)
+
+        logging.getLogger("distributed").setLevel(logging.ERROR)  # worker starts and stops; the summary suffices
     bar: Any = None
     counts = {"done": 0, "skipped": 0, "failed": 0}
 

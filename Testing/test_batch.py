@@ -221,6 +221,19 @@ def test_cli_exit_codes_and_quiet(tmp_path: Path, run_medsr) -> None:
         assert proc.stderr.startswith("medsr: error:") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_without_dask_the_cli_runs_in_process_and_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
+    from MedSREnhanceLib import cli
+    from MedSREnhanceLib.batch import schedulers
+
+    monkeypatch.setattr(schedulers, "dask_available", lambda: False)
+    cohort = _cohort(tmp_path, n=1, corrupt=False)
+    assert cli.main(["batch", str(cohort), "--out", str(tmp_path / "out"), "--scale", "2", "--model", "bspline"]) == 0
+    err = capsys.readouterr().err
+    assert "dask is not installed" in err and "1 done, 0 skipped, 0 failed" in err
+    with pytest.raises(InputError, match="needs dask and distributed"):  # asked for explicitly: a usage error
+        run_batch([cohort], tmp_path / "out", scheduler="local", **BSPLINE)
+
+
 # ---------------------------------------------------------------------------------------------- Dask
 
 
@@ -315,8 +328,8 @@ def test_worker_killed_every_time_marks_the_case_failed(tmp_path: Path, cluster)
 
     out = tmp_path / "out"
     results = run_batch([cohort], out, scheduler=cluster.scheduler_address, case_fn=always_killed, **BSPLINE)
-    assert [r.status for r in results] == ["failed", "done", "done"]
-    assert "worker died" in results[0].message
+    assert [(r.status, "worker died" in r.message) for r in results] == [
+        ("failed", True), ("done", False), ("done", False)], [r.message for r in results]
     assert _summary(out)["s0.nii.gz"]["status"] == "failed"
     _no_partial_files(out)
 
@@ -329,18 +342,20 @@ def test_each_worker_loads_a_learned_model_once(tmp_path: Path, cluster) -> None
         sitk.WriteImage(to_sitk_image(make_volume((12, 13, 14), seed=i)), str(folder / f"m{i}.nii.gz"))
     from distributed import Client
 
+    def loads() -> tuple[int, int]:
+        from MedSREnhanceLib.engine.enhance import _load_network
+
+        info = _load_network.cache_info()
+        return info.misses, info.hits
+
     with Client(cluster.scheduler_address) as client:
-        client.restart()  # fresh worker processes, empty model caches (after the killing tests)
+        client.wait_for_workers(2, timeout=120)  # a worker killed by an earlier test is back
+        before = client.run(loads)
         results = run_batch([folder], tmp_path / "out", scheduler=cluster.scheduler_address, task="denoise",
                             model="mr-denoise", precision="fp32")
         assert [r.status for r in results] == ["done"] * 4, [r.message for r in results]
-
-        def loads() -> tuple[int, int]:
-            from MedSREnhanceLib.engine.enhance import _load_network
-
-            info = _load_network.cache_info()
-            return info.misses, info.hits
-
-        per_worker = client.run(loads)
-    assert sum(m for m, _ in per_worker.values()) <= 2 and all(m <= 1 for m, _ in per_worker.values())
-    assert sum(m + h for m, h in per_worker.values()) == 4  # four cases, at most one load per worker
+        after = client.run(loads)
+    loaded = {w: after[w][0] - before.get(w, (0, 0))[0] for w in after}
+    used = {w: sum(after[w]) - sum(before.get(w, (0, 0))) for w in after}
+    assert all(n <= 1 for n in loaded.values()), loaded  # the network is loaded once per worker process ...
+    assert sum(used.values()) == 4, used  # ... and used by all four cases

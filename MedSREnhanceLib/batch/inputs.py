@@ -204,5 +204,6 @@ def plan_cases(sources: Iterable[Source], out_dir: Path, task: str, scale: str, 
                 raise InputError(f"{owners[target]} and {s.path} would both write {target}; give them an "
                                  "'output' column in a CSV or keep them in separate folder INPUTs")
             owners[target] = str(s.path)
-        cases.append(Case(str(s.path.resolve()), str(out), c_task, c_scale, diff, error))
+        # Absolute but not resolved: the summary names inputs as the user knows them (links included).
+        cases.append(Case(os.path.abspath(s.path), str(out), c_task, c_scale, diff, error))
     return cases
