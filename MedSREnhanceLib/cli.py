@@ -83,6 +83,62 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    import time
+
+    from .batch import SUMMARY_NAME, run_batch
+    from .batch.schedulers import dask_available
+
+    scheduler = args.scheduler
+    if scheduler is None:  # local when dask is installed, else this process (said once, unless --quiet)
+        scheduler = "local" if dask_available() else "none"
+        if scheduler == "none" and not args.quiet:
+            sys.stderr.write("medsr: dask is not installed (pip install \"MedSREnhance[batch]\"): running the "
+                             "cases one after another in this process\n")
+    if scheduler != "none" and dask_available() and not args.verbose:
+        import distributed  # noqa: F401  (importing it sets its loggers to INFO: quieten them afterwards)
+
+        logging.getLogger("distributed").setLevel(logging.ERROR)  # worker starts and stops; the summary suffices
+    bar: Any = None
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+
+    def on_case(result: Any, finished: int, total: int) -> None:
+        nonlocal bar
+        counts[result.status] += 1
+        if bar is None and not args.quiet:  # created on the first case, so usage errors print no empty bar
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="case", desc="batch", file=sys.stderr)
+        if bar is not None:
+            bar.total = total
+            bar.n = finished
+            bar.set_postfix(counts, refresh=False)
+            bar.refresh()
+
+    def on_tiles(case: Any, p: Any) -> None:
+        if bar is not None and p.total > 1:
+            bar.set_postfix_str(f"{os.path.basename(case.input)}: tile {p.done}/{p.total}")
+
+    t0 = time.perf_counter()
+    try:
+        results = run_batch(args.inputs, args.out, task=args.task, model=args.model, modality=args.modality,
+                            scale=args.scale, device=args.device, tile=args.tile, precision=args.precision,
+                            difference=args.difference, uncertainty=args.uncertainty, fmt=args.format,
+                            recursive=args.recursive, force=args.force, scheduler=scheduler,
+                            workers=args.workers, threads=args.threads, on_case=on_case, on_tiles=on_tiles)
+    finally:
+        if bar is not None:
+            bar.close()
+    failed = [r for r in results if r.status == "failed"]
+    if not args.quiet:
+        for r in failed:
+            sys.stderr.write(f"medsr: failed: {r.input}: {r.message}\n")
+        sys.stderr.write(f"medsr: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
+                         f"in {time.perf_counter() - t0:.1f} s; summary in "
+                         f"{os.path.join(args.out, SUMMARY_NAME)}\n")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models.registry import REGISTRY, WEIGHTS_DIR
 
@@ -199,6 +255,33 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--series-uid", default=None, help="DICOM SeriesInstanceUID when a folder holds several")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("batch", help="enhance many volumes (files, folders, globs, a CSV) into a folder, "
+                       "resumably, on Dask or in this process")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="volume files, folders (volumes and DICOM series "
+                   "folders), globs, or a CSV with an 'input' column (optional output, task, scale columns)")
+    p.add_argument("--out", required=True, help="output folder (created); holds medsr_batch.csv")
+    p.add_argument("--task", choices=["sr", "denoise"], default="sr")
+    p.add_argument("--model", default="auto", help="model name (see `medsr models`) or auto")
+    p.add_argument("--modality", choices=["auto", "mr", "ct"], default="auto")
+    p.add_argument("--scale", default="1", help="S or SX,SY,SZ in index order (i,j,k), as for enhance")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (on each worker)")
+    p.add_argument("--tile", type=int, default=None, help="tile edge in input voxels (default: from free memory)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--difference", action="store_true", help="also write <name>_..._difference maps")
+    p.add_argument("--uncertainty", action="store_true", help="also write uncertainty maps (refused: the "
+                   "engine does not produce them yet)")
+    p.add_argument("--format", choices=["nii.gz", "nii", "nrrd", "mha"], default="nii.gz", help="output format")
+    p.add_argument("--recursive", action="store_true", help="search folder INPUTs at any depth")
+    p.add_argument("--force", action="store_true", help="redo cases whose sidecar says they are up to date")
+    p.add_argument("--scheduler", default=None, help="local (a LocalCluster; the default when dask is "
+                   "installed), none (this process, one case at a time), or a Dask scheduler address "
+                   "(tcp://host:8786) or scheduler file")
+    p.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: from "
+                   "cores and free memory)")
+    p.add_argument("--threads", type=int, default=None, help="threads per case (LocalCluster default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("models", help="list bundled models")
     p.add_argument("--json", action="store_true")

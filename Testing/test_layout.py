@@ -21,6 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "evaluation": {"core", "simulate", "models", "engine"},
     "training": {"core", "simulate", "models"},
     "mrml": {"core", "models", "engine"},
+    "batch": {"core", "models", "engine"},
 }
 ROOMS = set(ALLOWED)
 
