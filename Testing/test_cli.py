@@ -164,7 +164,7 @@ def _denoise_with_scale(f: Path):
 
 
 def _sr_without_scale(f: Path):
-    return [good_input(f), f / "out.nii.gz"], r"super-resolution needs a scale"
+    return [good_input(f), f / "out.nii.gz"], r"super-resolution needs a scale.*--scale 2.*--task denoise"
 
 
 def _tiny_tile(f: Path):
