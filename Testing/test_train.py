@@ -350,3 +350,22 @@ def test_ema_weights_are_shipped(tmp_path: Path, data_root: Path) -> None:
     cfg.write_text(cfg.read_text().replace("ema_decay = 0.5", "ema_decay = 1.0"))
     with pytest.raises(ValueError, match="ema_decay"):
         config.load_config(cfg)
+
+
+class _RunsCode:
+    """A pickle that would run code when loaded with weights_only=False."""
+
+    def __reduce__(self):  # noqa: D105
+        return (print, ("this ran while loading a checkpoint",))
+
+
+def test_resume_loads_checkpoints_as_data_only(tmp_path: Path) -> None:
+    """Issue 17: a resume checkpoint is loaded with weights_only=True, so a crafted pickle is refused."""
+    import pickle
+
+    import torch
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCode()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        loop.resume_from(path, None, None)  # type: ignore[arg-type]
