@@ -307,6 +307,40 @@ _MET_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "M
               "MET_ULONG": 8}
 
 
+# MetaIO reads these as NDims numbers (or NDims^2) without checking: a bad NDims or a short list crashes it.
+_MET_VECTORS = ("DimSize", "ElementSpacing", "ElementSize", "Offset", "Position", "Origin", "CenterOfRotation")
+_MET_MATRICES = ("TransformMatrix", "Rotation", "Orientation")
+
+
+def _check_metaimage_fields(p: Path, fields: dict[str, str]) -> None:
+    """Refuse a MetaImage header whose dimension-shaped fields do not fit its NDims (MetaIO would crash)."""
+    def bad(key: str) -> InputError:
+        return InputError(f"cannot read {p}: bad MetaImage header field {key} = {fields[key][:40]!r}")
+
+    try:
+        ndims = int(fields.get("NDims", ""))
+    except ValueError:
+        raise bad("NDims") if "NDims" in fields else InputError(f"cannot read {p}: no NDims in its header")
+    if not 1 <= ndims <= 10:
+        raise bad("NDims")
+    for key, count in [(k, ndims) for k in _MET_VECTORS] + [(k, ndims * ndims) for k in _MET_MATRICES]:
+        if key not in fields:
+            continue
+        try:
+            values = [float(v) for v in fields[key].split()]
+        except ValueError:
+            raise bad(key) from None
+        if len(values) != count or not all(np.isfinite(values)):
+            raise bad(key)
+    if any(v <= 0 or v != int(v) or v > 2**31 for v in (float(x) for x in fields.get("DimSize", "1").split())):
+        raise bad("DimSize")
+    for key in ("ElementNumberOfChannels", "HeaderSize", "CompressedDataSize"):
+        if key in fields and not re.fullmatch(r"-?\d{1,12}", fields[key]):
+            raise bad(key)
+    if fields.get("ElementNumberOfChannels", "1").startswith("-") or fields.get("ElementNumberOfChannels") == "0":
+        raise bad("ElementNumberOfChannels")
+
+
 def check_metaimage(p: Path) -> None:
     """Refuse a MetaImage (.mha/.mhd) whose data file lies outside the header's folder or is missing, or whose
     data is shorter than declared (MetaIO prints its own lines on stderr, then ITK blames a missing file)."""
@@ -325,6 +359,7 @@ def check_metaimage(p: Path) -> None:
     spec = fields.get("ElementDataFile", "")
     if not spec:
         return
+    _check_metaimage_fields(p, fields)
     if spec == "LOCAL":
         files, offset = [p], header_len
     else:
@@ -356,3 +391,59 @@ def check_metaimage(p: Path) -> None:
     else:
         have = total - (offset if spec == "LOCAL" or header_size > 0 else 0)
     _refuse_short(p, max(have, 0), need)
+
+
+# ------------------------------------------------------------------------------------------------- DICOM
+
+# Explicit-VR value representations with a 4-byte length (after 2 reserved bytes); the others have 2 bytes.
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH",
+              b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+
+
+def check_dicom_file(p: Path) -> None:
+    """Refuse a DICOM file (one with the "DICM" marker) that has an invalid value representation or an element
+    longer than the rest of the file: GDCM allocates a declared length before noticing the file is shorter
+    (one flipped byte in a 1 kB file cost 1.9 GB). Walks the top-level elements only, up to the first one of
+    undefined length (sequences, encapsulated pixel data); big-endian files are left to GDCM."""
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        fh.seek(128)
+        if fh.read(4) != b"DICM":
+            return  # no DICOM marker: GDCM decides whether it is one
+        implicit, in_meta, syntax = False, True, ""
+        while True:
+            start = fh.tell()
+            head = fh.read(8)
+            if len(head) < 8:
+                return
+            group, element = struct.unpack("<HH", head[:4])
+            if in_meta and group != 2:
+                in_meta = False
+                if syntax == "1.2.840.10008.1.2.2":
+                    return  # explicit VR big endian (retired): not walked
+                implicit = syntax == "1.2.840.10008.1.2"
+            vr = head[4:6]
+            if implicit and not in_meta:
+                length = struct.unpack("<I", head[4:8])[0]
+            elif vr in _LONG_VRS:
+                extra = fh.read(4)
+                if len(extra) < 4:
+                    return
+                length = struct.unpack("<I", extra)[0]
+            elif vr in _SHORT_VRS:
+                length = struct.unpack("<H", head[6:8])[0]
+            else:
+                raise InputError(f"cannot read {p}: corrupt DICOM file (element ({group:04X},{element:04X}) has "
+                                 f"no valid value representation)")
+            if length == 0xFFFFFFFF:
+                return  # undefined length: nested items follow; GDCM's own parser takes over here
+            if fh.tell() + length > size:
+                raise InputError(f"cannot read {p}: truncated or corrupt DICOM file (element ({group:04X},"
+                                 f"{element:04X}) claims {length} bytes, {size - fh.tell()} remain)")
+            if (group, element) == (2, 0x10):
+                syntax = fh.read(length).decode("ascii", "replace").strip("\0 ")
+            else:
+                fh.seek(length, 1)
+            if fh.tell() <= start:
+                return

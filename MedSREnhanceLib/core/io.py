@@ -117,6 +117,9 @@ def _check_header(dim: int, size: Sequence[int], components: int, pixel_id: int,
 
 
 def _read_dicom_series(folder: Path, series_uid: Optional[str]) -> Volume:
+    for f in sorted(folder.iterdir())[: headers.MAX_DATA_FILES]:  # before GDCM scans (and allocates for) them
+        if f.is_file():
+            headers.check_dicom_file(f)
     reader = sitk.ImageSeriesReader()
     with itk_messages(str(folder)):  # ITK prints "No Series were found" on stderr itself
         uids = list(reader.GetGDCMSeriesIDs(str(folder)))
