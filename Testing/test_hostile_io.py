@@ -199,3 +199,18 @@ def test_itk_prints_are_logged_not_shown(tmp_path: Path, capfd, caplog) -> None:
         read_volume(path)
     assert capfd.readouterr().err == ""
     assert sha256(path) == before
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha"])
+def test_budget_checked_before_decompressing(tmp_path: Path, ext: str, monkeypatch) -> None:
+    """A gzip bomb (a few MB of zeros declaring 1200^3 float) is refused by the budget, never decoded."""
+    path = tmp_path / f"v{ext}"
+    sitk.WriteImage(to_sitk_image(make_volume(shape_zyx=(20, 20, 20))), str(path), True)
+    monkeypatch.setattr(headers, "memory_budget", lambda: 1000)
+
+    def never(*args, **kwargs):
+        raise AssertionError("decoded before the budget check")
+
+    monkeypatch.setattr(headers, "_inflated", never)
+    with pytest.raises(InputError, match="memory budget"):
+        read_volume(path)

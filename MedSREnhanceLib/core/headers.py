@@ -133,9 +133,9 @@ def _refuse_short(p: Path, have: int, need: int) -> None:
 # ------------------------------------------------------------------------------------------------- NIfTI
 
 
-def _nifti_layout(header: bytes) -> Optional[tuple[int, int, str, tuple[float, ...]]]:
-    """(vox_offset, voxel data bytes, numpy float dtype or "", pixdim 1-3) of a NIfTI-1/-2 header; None if the
-    bytes are not one."""
+def _nifti_layout(header: bytes) -> Optional[tuple[int, int, str, tuple[float, ...], int]]:
+    """(vox_offset, voxel data bytes, numpy float dtype or "", pixdim 1-3, voxels) of a NIfTI-1/-2 header; None
+    if the bytes are not one."""
     for endian in "<>":
         if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
             datatype = struct.unpack(endian + "h", header[70:72])[0]
@@ -160,7 +160,8 @@ def _nifti_layout(header: bytes) -> Optional[tuple[int, int, str, tuple[float, .
     for n in dims[1:ndim + 1]:
         voxels *= max(int(n), 0)
     floats = {16: "f4", 64: "f8"}.get(datatype, "")  # NIFTI_TYPE_FLOAT32 / FLOAT64
-    return offset, voxels * bitpix // 8, (endian + floats) if floats else "", tuple(pixdim[1:min(ndim, 3) + 1])
+    return (offset, voxels * bitpix // 8, (endian + floats) if floats else "", tuple(pixdim[1:min(ndim, 3) + 1]),
+            voxels)
 
 
 def check_nifti(p: Path) -> None:
@@ -176,7 +177,8 @@ def check_nifti(p: Path) -> None:
         raise InputError(f"cannot read {p}: truncated or corrupt file ({exc})") from None
     if layout is None:
         return  # not a NIfTI header: ITK says what is wrong
-    offset, nbytes, dtype, pixdim = layout
+    offset, nbytes, dtype, pixdim, voxels = layout
+    check_budget((voxels,), nbytes // max(voxels, 1), str(p))  # before a gzip stream is decoded
     if any(not np.isfinite(d) or d == 0 for d in pixdim):
         raise InputError(f"{p} has a zero or non-finite voxel spacing (pixdim {', '.join(f'{d:g}' for d in pixdim)})")
     item = int(dtype[-1]) if dtype else 1
@@ -280,6 +282,7 @@ def check_nrrd(p: Path) -> None:
     if not voxels or itemsize is None or not all(f.is_file() for f in files):
         return  # a missing data file or a header ITK cannot parse: ITK's own error says which
     need = voxels * itemsize
+    check_budget((voxels,), itemsize, str(p))  # before a compressed stream is decoded
     encoding = fields.get("encoding", "raw").lower()
     kind = {"gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2"}.get(encoding)
     if encoding == "raw":
@@ -377,6 +380,7 @@ def check_metaimage(p: Path) -> None:
     if item is None or not dims or min(dims) <= 0:
         return
     need = item * channels * int(np.prod(dims, dtype=object))
+    check_budget((need // item,), item, str(p))  # before a compressed stream is decoded
     if header_size > 0:
         offset = header_size
     total = sum(f.stat().st_size for f in files)
