@@ -1,16 +1,22 @@
 """`medsr`: the command line. Imports are lazy so `medsr --help` answers at once.
 
 Exit codes: 0 success; 2 bad input or usage (one line on stderr, no traceback, no partial output); 1 an
-unexpected failure; 130 cancelled (Ctrl-C).
+unexpected failure; 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM (the same one line, staging removed).
+Library log records and Python warnings are held and shown after a success (at once with ``-v``), so a refusal
+stays one line.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from typing import Any, Optional, Sequence
+import threading
+import warnings
+from typing import Any, Iterator, Optional, Sequence
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -31,7 +37,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     outputs = [args.output] + ([args.difference] if args.difference else [])
     for out in outputs:
-        check_writable(out)
+        check_writable(out)  # the exact file names (and a .nhdr/.mhd data file), before any work
         if os.path.realpath(out) == os.path.realpath(args.input):
             _error(f"output {out} would overwrite the input")
             return EXIT_BAD_INPUT
@@ -65,11 +71,12 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     try:
         result = enhance(volume, task=args.task, model=args.model, modality=args.modality, scale=args.scale,
-                         device=args.device, tile=args.tile, precision=args.precision, progress=progress)
+                         device=args.device, tile=args.tile, precision=args.precision, progress=progress,
+                         dtype=args.dtype, force=args.force)
     finally:
         if bar is not None:
             bar.close()
-    outputs = [(result.enhanced, args.output)]
+    outputs = [(result.enhanced, args.output, result.dtype)]
     if args.difference:
         outputs.append((result.difference, args.difference))
     write_volumes(outputs)  # all or nothing: no enhanced volume without its requested difference map
@@ -140,7 +147,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models.registry import REGISTRY, WEIGHTS_DIR
+    from .models.registry import REGISTRY, WEIGHTS_DIR, measured
 
     rows = []
     for spec in REGISTRY.values():
@@ -158,6 +165,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             "name": spec.name, "task": spec.task, "kind": spec.kind, "modality": ",".join(spec.modalities),
             "scales": scales, "size_bytes": size, "summary": spec.summary,
             "training_data": card.get("training", {}).get("volumes", []), "metrics": card.get("metrics", {}),
+            "measured": measured(card),
         })
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -167,6 +175,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         size = f"{r['size_bytes'] / 1e6:.2f}MB" if r["size_bytes"] else "-"
         print(f"{r['name']:22} {r['task']:8} {r['kind']:10} {r['modality']:8} {r['scales']:18} {size:>8}  "
               f"{r['summary']}")
+        if r["measured"] != "-":
+            print(f"{'':22} measured (foreground PSNR gain over the best tuned classical baseline, held-out volumes): {r['measured']}")
     return EXIT_OK
 
 
@@ -224,6 +234,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("MedSREnhance")
+    except PackageNotFoundError:  # a source checkout that is not installed
+        from . import __version__
+
+        return __version__
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line on stderr (like every other refusal), exit code 2."""
 
@@ -237,6 +258,7 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     parser = _Parser(prog="medsr", description="Deep-learning super-resolution and denoising "
                                      "of CT and MR volumes.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    parser.add_argument("--version", action="version", version=f"medsr {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("enhance", help="enhance a volume file or DICOM series folder")
@@ -253,6 +275,10 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     p.add_argument("--difference", default=None, help="also write enhanced minus input (on the output grid)")
     p.add_argument("--series-uid", default=None, help="DICOM SeriesInstanceUID when a folder holds several")
+    p.add_argument("--dtype", choices=["float32", "keep"], default="float32",
+                   help="voxel type of the enhanced output: float32 (default; enhancement creates values between "
+                   "the input's levels) or keep (the input's type: rounded, clipped to its range with a message)")
+    p.add_argument("--force", action="store_true", help="enhance an input that looks like a label map")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_enhance)
 
@@ -312,23 +338,90 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+class _Signalled(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread: unwinds like Ctrl-C (staging removed by ``finally``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signal(signum: int, frame: Any) -> None:
+    raise _Signalled(signum)
+
+
+@contextlib.contextmanager
+def _signals_as_exceptions() -> Iterator[None]:
+    """SIGTERM handled like SIGINT for the command's duration (handlers restored: tests call ``main`` in-process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+class _HeldLog(logging.Handler):
+    """Keeps log records (and Python warnings) until the command ends: shown after a success, dropped after a
+    refusal, whose one line says what matters."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(" ".join(self.format(record).split()))  # ITK and warnings text: one line each
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(with_bench="bench" in argv).parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="medsr: %(message)s")
+    held = None if args.verbose else _HeldLog()
+    root = logging.getLogger()
+    if held is not None:
+        held.setFormatter(logging.Formatter("medsr: %(message)s"))
+        root.addHandler(held)
+        root.setLevel(logging.WARNING)
+    else:
+        logging.basicConfig(level=logging.INFO, format="medsr: %(message)s")
     from .core.errors import CancelledError, InputError
 
+    code = EXIT_FAILURE
     try:
-        return args.func(args)
+        with _signals_as_exceptions(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            code = args.func(args)
+            sys.stdout.flush()
     except InputError as exc:
         _error(str(exc))
-        return EXIT_BAD_INPUT
+        code = EXIT_BAD_INPUT
+    except _Signalled as exc:
+        _error(f"interrupted by {signal.Signals(exc.signum).name}; nothing was written")
+        code = 128 + exc.signum
     except (CancelledError, KeyboardInterrupt):
         _error("cancelled")
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
     except MemoryError:
         _error("out of memory: try a smaller --tile")
-        return EXIT_FAILURE
+        code = EXIT_FAILURE
+    except BrokenPipeError:
+        # The reader went away (`medsr models --json | head`): no traceback, and none at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_OK
+    finally:
+        if held is not None:
+            root.removeHandler(held)
+            if code == EXIT_OK:
+                for line in held.lines:
+                    sys.stderr.write(line + "\n")
+    return code
 
 
 if __name__ == "__main__":

@@ -40,3 +40,16 @@ def test_bundled_weights_load_into_their_architecture(spec: registry.ModelSpec) 
     with torch.inference_mode():
         out = net(torch.rand(1, 1, 8, 8, 8))
     assert out.shape[:2] == (1, 1) and torch.isfinite(out).all()
+
+
+def test_card_commands_name_no_developer_paths() -> None:
+    """Issue 17: a card's reproduce command is for users; it must not name /work/... or /tmp/... folders."""
+    import json
+    import re
+
+    from MedSREnhanceLib.models.registry import WEIGHTS_DIR
+
+    for card in sorted(WEIGHTS_DIR.glob("*.json")):
+        for case, metrics in (json.loads(card.read_text()).get("metrics") or {}).items():
+            command = metrics.get("command", "") if isinstance(metrics, dict) else ""
+            assert not re.search(r"(^|\s)/(work|tmp|home|root)/", command), (card.name, case, command)

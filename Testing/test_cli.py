@@ -164,7 +164,7 @@ def _denoise_with_scale(f: Path):
 
 
 def _sr_without_scale(f: Path):
-    return [good_input(f), f / "out.nii.gz"], r"super-resolution needs a scale"
+    return [good_input(f), f / "out.nii.gz"], r"super-resolution needs a scale.*--scale 2.*--task denoise"
 
 
 def _tiny_tile(f: Path):
@@ -189,6 +189,51 @@ def _dicom_4d(f: Path):
     return [f / "dicom4d", f / "out.nii.gz", "--scale", "2"], r"4D"
 
 
+def _tile_below_halo(f: Path):
+    return [good_input(f), f / "out.nii.gz", "--task", "denoise", "--model", "mr-denoise", "--tile", "16"], \
+        r"tile 16 is too small for mr-denoise: at least 48"
+
+
+def _unknown_model_without_scale(f: Path):
+    return [good_input(f), f / "out.nii.gz", "--model", "superduper"], r"unknown model 'superduper'"
+
+
+def _label_map(f: Path):
+    path = f / "labels.nii.gz"
+    arr = np.zeros((7, 8, 9), np.uint8)
+    arr[2:5, 2:6, 3:7] = 1
+    arr[4:, :3, :] = 7
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    return [path, f / "out.nii.gz", "--scale", "2"], r"label map \(3 distinct.*--force"
+
+
+def _data_file_outside(f: Path):
+    (f / "secret.raw").write_bytes(b"\x01" * 7 * 8 * 9 * 4)
+    (f / "upload").mkdir()
+    (f / "upload" / "v.nhdr").write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 9 8 7\nendian: little\n"
+                                         "encoding: raw\ndata file: ../secret.raw\n")
+    return [f / "upload" / "v.nhdr", f / "out.nrrd", "--scale", "2", "--difference", f / "d.nrrd"], r"'\.\.'"
+
+
+def _hostile_nrrd(f: Path):
+    (f / "big.nrrd").write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 1200 1200 1200\n"
+                                 b"endian: little\nencoding: raw\n\n")
+    return [f / "big.nrrd", f / "out.nrrd", "--scale", "2"], r"truncated|memory budget"
+
+
+def _pixdim_zero(f: Path):
+    path = good_input(f, "in.nii")
+    raw = bytearray(path.read_bytes())
+    raw[84:88] = np.float32(0).tobytes()  # pixdim[2]
+    path.write_bytes(bytes(raw))
+    return [path, f / "out.nii.gz", "--scale", "2"], r"zero.*spacing"
+
+
+def _data_file_collision(f: Path):
+    (f / "up.zraw").write_bytes(b"unrelated")
+    return [good_input(f), f / "up.MHD", "--scale", "2", "--model", "linear"], r"up.zraw would replace"
+
+
 BAD_CASES: dict[str, Callable[[Path], tuple[list, str]]] = {
     "missing-file": _missing, "truncated-nii-gz": _truncated, "truncated-mha": _truncated_mha,
     "nhdr-without-data-file": _nhdr_without_data, "garbage-nrrd-header": _garbage_nrrd,
@@ -202,6 +247,9 @@ BAD_CASES: dict[str, Callable[[Path], tuple[list, str]]] = {
     "denoise-with-scale": _denoise_with_scale,
     "sr-without-scale": _sr_without_scale, "tile-too-small": _tiny_tile, "folder-without-dicom": _empty_dicom_folder,
     "unknown-series-uid": _unknown_series_uid,
+    "tile-below-halo": _tile_below_halo, "unknown-model-without-scale": _unknown_model_without_scale,
+    "label-map": _label_map, "data-file-outside-folder": _data_file_outside, "hostile-nrrd-header": _hostile_nrrd,
+    "nifti-pixdim-zero": _pixdim_zero, "output-data-file-collision": _data_file_collision,
 }
 
 

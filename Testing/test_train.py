@@ -373,3 +373,22 @@ def test_motion_options_belong_to_the_motion_task(tmp_path: Path, data_root: Pat
                                          "noise_range = [0.02, 0.1]\nmotion_rotation_deg = [1.0, 2.0]"))
     with pytest.raises(ValueError, match="motion-mr"):
         config.load_config(_write_config(tmp_path, data_root, "motion-mr", DN_MODEL, '["mr_a"]'))
+
+
+class _RunsCode:
+    """A pickle that would run code when loaded with weights_only=False."""
+
+    def __reduce__(self):  # noqa: D105
+        return (print, ("this ran while loading a checkpoint",))
+
+
+def test_resume_loads_checkpoints_as_data_only(tmp_path: Path) -> None:
+    """Issue 17: a resume checkpoint is loaded with weights_only=True, so a crafted pickle is refused."""
+    import pickle
+
+    import torch
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCode()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        loop.resume_from(path, None, None)  # type: ignore[arg-type]

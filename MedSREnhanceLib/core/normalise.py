@@ -17,6 +17,21 @@ def robust_max(array: np.ndarray, percentile: float = 99.5) -> float:
     return value if value > 0 else 1.0
 
 
+def robust_range(array: np.ndarray, margin: float = 3.0) -> tuple[float, float]:
+    """Range of plausible intensities: the 0.5-99.5th percentiles of the non-zero voxels widened by ``margin``
+    times their spread (the spread at least their magnitude, so a sparse or flat volume keeps its values).
+    CT (-1000..1500 HU) gives about -8500..9000 HU; MR about -3..4 times the 99.5th percentile. Percentiles of
+    a sample of at most ~1M voxels: outliers are too few to move them."""
+    flat = array.ravel()
+    sample = flat[:: max(1, flat.size // 1_000_000)]
+    sample = sample[sample != 0]
+    if sample.size == 0:
+        return 0.0, 0.0
+    lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+    spread = max(hi - lo, abs(lo), abs(hi))
+    return min(lo - margin * spread, 0.0), max(hi + margin * spread, 0.0)
+
+
 # "mr-noise": MR scaled so that its estimated noise std is NOISE_REF. Rician noise is scale-covariant
 # (Rice(A, s) / s = Rice(A / s, 1)), so every noise level becomes the same problem and the denoiser knows how much
 # to remove. The implied noise level is clamped to [0.5 %, 20 %] of the robust maximum (noise-free inputs).

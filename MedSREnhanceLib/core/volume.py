@@ -48,6 +48,13 @@ class Volume:
         return np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ self.direction.T
 
 
+def check_spacing(spacing: tuple[float, ...], name: str) -> None:
+    """Refuse a zero, negative or non-finite voxel spacing (read from a header, or of a volume)."""
+    if any(not np.isfinite(s) or s <= 0 for s in spacing):
+        raise InputError(f"{name} has a zero, negative or non-finite voxel spacing "
+                         f"({', '.join(f'{s:g}' for s in spacing)} mm)")
+
+
 def validate(volume: Volume, name: str = "input volume") -> None:
     """Refuse volumes the engine cannot enhance, with a message that names the problem."""
     arr = volume.array
@@ -58,8 +65,7 @@ def validate(volume: Volume, name: str = "input volume") -> None:
     if not np.all(np.isfinite(arr)):
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise InputError(f"{name} has {bad} NaN or infinite voxels")
-    if any(s <= 0 or not np.isfinite(s) for s in volume.spacing):
-        raise InputError(f"{name} has a non-positive spacing {volume.spacing}")
+    check_spacing(volume.spacing, name)
     d = volume.direction
     if not np.all(np.isfinite(d)) or np.abs(d.T @ d - np.eye(3)).max() > 1e-3:  # det alone lets shears through
         raise InputError(f"{name} has a direction matrix that is not orthonormal")

@@ -46,6 +46,7 @@ class EnhanceResult:
     messages: list[str] = field(default_factory=list)
     extras: dict[str, Volume] = field(default_factory=dict)  # room for uncertainty / data-consistency maps
     precision: str = ""  # a learned model's forward-pass arithmetic: "fp32", "bf16" or "fp16" autocast
+    dtype: str = "float32"  # the voxel type to store ``enhanced`` in (its values already fit it)
 
     @property
     def ran_on(self) -> str:
@@ -135,7 +136,7 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
     net = _load_network(spec.name)
     halo = int(getattr(net, "halo", 16))
     width = int(getattr(net, "width", 64))
-    array, norm = normalise.forward(volume.array, spec.normalisation)
+    array, norm = normalise.forward(_clip_outliers(volume.array, ctx["messages"]), spec.normalisation)
     if "noise_percent" in norm:
         logger.info("noise level estimated: %.2f %% of the 99.5th percentile", norm["noise_percent"])
     elif "noise_hu" in norm:
@@ -175,6 +176,60 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
     return result
 
 
+def _clip_outliers(array: np.ndarray, messages: list[str]) -> np.ndarray:
+    """The network's copy of the voxels with the few far outside the robust range clipped to it (a couple of
+    1e30 voxels would otherwise set the normalisation and shift the whole output); the input stays as it is."""
+    lo, hi = normalise.robust_range(array)
+    low, high = int(np.count_nonzero(array < lo)), int(np.count_nonzero(array > hi))
+    if not low and not high:
+        return array
+    messages.append(f"clipped {low + high} outlier voxel(s) (from {float(array.min()):.4g} to "
+                    f"{float(array.max()):.4g}) to the robust range [{lo:.4g}, {hi:.4g}] for the network; the "
+                    "output does not reproduce their values")
+    return np.clip(array, lo, hi)
+
+
+def _min_tile(spec: ModelSpec) -> int:
+    """Smallest useful tile core: twice the net's halo (below it each tile computes more than 8x its own voxels
+    again, for nothing) and 8 voxels in any case. Classical models run in one piece: 8."""
+    if spec.kind != "learned":
+        return 8
+    return max(8, 2 * int(getattr(_load_network(spec.name), "halo", 16)))
+
+
+# An integer file with this few distinct values is a label map (segmentation, mask): interpolation and
+# denoising would turn its labels into meaningless in-between values.
+LABEL_MAP_MAX_VALUES = 32
+
+
+def _refuse_label_map(volume: Volume) -> None:
+    """Refuse a volume read from an integer file (``metadata["dtype"]``) with few distinct values."""
+    if not str(volume.metadata.get("dtype", "float")).startswith(("int", "uint")):
+        return
+    flat = volume.array.ravel()
+    if len(np.unique(flat[:: max(1, flat.size // 100_000)])) > LABEL_MAP_MAX_VALUES:
+        return  # a sample already has many values: an image (the full count below costs a sort)
+    distinct = len(np.unique(flat))
+    if distinct <= LABEL_MAP_MAX_VALUES:
+        raise InputError(f"the input looks like a label map ({distinct} distinct integer values): enhancing "
+                         "would blur its labels into meaningless values; pass --force (force=True) to enhance "
+                         "it anyway")
+
+
+def _keep_dtype(enhanced: Volume, dtype: str, messages: list[str]) -> Volume:
+    """Round and clip ``enhanced`` into the input's integer type (``dtype="keep"``), saying how many voxels
+    were clipped."""
+    if dtype.startswith("float"):
+        return enhanced
+    info = np.iinfo(np.dtype(dtype))
+    rounded = np.rint(enhanced.array)
+    clipped = int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))
+    if clipped:
+        messages.append(f"--dtype keep: {clipped} voxel(s) outside the {dtype} range [{info.min}, {info.max}] "
+                        "were clipped to it")
+    return enhanced.with_array(np.clip(rounded, info.min, info.max).astype(np.float32))
+
+
 RUNNERS: dict[str, Callable[[ModelSpec, Volume, Scale, dict[str, Any]], Volume]] = {
     "classical": _run_classical,
     "learned": _run_learned,
@@ -194,38 +249,53 @@ def enhance(
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelFn] = None,
     params: Optional[dict[str, Any]] = None,
+    dtype: str = "float32",
+    force: bool = False,
 ) -> EnhanceResult:
     """Enhance ``volume``; returns the enhanced volume (output grid) and the difference map.
 
     ``scale`` is in index order (i, j, k): 2 is isotropic, (1, 1, 4) through-plane along k; non-integer factors
-    are fine. ``task="denoise"`` and ``task="motion"`` keep the grid. ``params`` overrides a classical model's parameters.
+    are fine. ``task="denoise"`` and ``task="motion"`` keep the grid. ``params`` overrides a classical model's
+    parameters.
+    ``dtype``: "float32" (default: enhancement creates values between the input's levels, and the stored result
+    should keep them) or "keep" (round and clip to ``volume.metadata["dtype"]``, the file's type; a message says
+    how many voxels were clipped); ``result.dtype`` names the type to write. Integer volumes with few distinct
+    values are refused as label maps unless ``force``.
     """
     t0 = time.perf_counter()
     validate(volume)
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if dtype not in ("float32", "keep"):
+        raise InputError(f"unknown dtype {dtype!r}; use float32 or keep")
+    named = None if model == "auto" else registry.get(model)  # an unknown name is the first thing to report
     factors = parse_scale(scale)
     if task in SAME_GRID and not _is_identity(factors):
         raise InputError(f"{TASKS[task]} keeps the grid: leave --scale at 1")
     if task == "sr" and (_is_identity(factors) or min(factors) < 1):
-        raise InputError(f"super-resolution needs a scale >= 1 on every axis and > 1 on one, got {factors}")
+        raise InputError(f"super-resolution needs a scale >= 1 on every axis and > 1 on one: --scale 2 "
+                         f"(isotropic) or --scale 1,1,4 (through-plane; scale= in Python), got "
+                         f"{','.join(f'{s:g}' for s in factors)}; --task denoise keeps the grid")
     if modality == "auto":
         modality = infer_modality(volume)
     if modality not in ("mr", "ct"):
         raise InputError(f"unknown modality {modality!r}; use mr, ct or auto")
-    if tile is not None and tile < 8:
-        raise InputError(f"tile must be at least 8 voxels, got {tile}")
+    if not force:
+        _refuse_label_map(volume)
     messages: list[str] = []
-    if model == "auto":
+    if named is None:
         spec = select_model(task, modality, factors)
         if spec.kind == "classical":
             messages.append(f"no bundled learned model for {TASKS[task]} of {modality.upper()} at scale "
                             f"{','.join(f'{s:g}' for s in factors)}: used {spec.summary}")
     else:
-        spec = registry.get(model)
+        spec = named
         if not serves(spec, task, factors):
             raise InputError(f"model {spec.name!r} does not serve {TASKS[task]} at scale "
                              f"{','.join(f'{s:g}' for s in factors)}")
+    if tile is not None and tile < _min_tile(spec):
+        raise InputError(f"tile {tile} is too small for {spec.name}: at least {_min_tile(spec)} voxels (twice its "
+                         "halo; smaller tiles recompute their surroundings many times over), or leave it out")
     if spec.kind == "classical" and (device not in ("auto", "cpu") or tile is not None):
         messages.append(f"{spec.name} is a classical method: it runs on the CPU in one piece, so the device and "
                         "tile options do not apply")
@@ -246,7 +316,9 @@ def enhance(
     last = reports[-1] if reports else None  # what the run finished: the final report keeps its count
     done = last.total if last is not None and last.total else 1
     _report(ctx, done, done, "finishing", "difference map")
+    out_dtype = str(volume.metadata.get("dtype", "float32")) if dtype == "keep" else "float32"
+    enhanced = _keep_dtype(enhanced, out_dtype, messages)
     reference = volume if task in SAME_GRID else resample_to(volume, enhanced, "bspline")
     difference = enhanced.with_array(enhanced.array - reference.array)
     return EnhanceResult(enhanced, difference, spec.name, task, factors, ctx["device_used"],
-                         time.perf_counter() - t0, messages, precision=ctx["precision_used"])
+                         time.perf_counter() - t0, messages, precision=ctx["precision_used"], dtype=out_dtype)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..core.errors import CancelledError
+from ..core.headers import available_ram as _available_ram  # module-level name: tests patch it
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..models.steps import step_reporter
 
@@ -238,17 +239,6 @@ def auto_tile(
     side = int(voxels ** (1 / 3)) - 2 * halo
     side = max(16, (side // 8) * 8)
     return min(side, max(shape))
-
-
-def _available_ram() -> float:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8e9
 
 
 def is_oom(exc: BaseException) -> bool:

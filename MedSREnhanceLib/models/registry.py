@@ -112,6 +112,24 @@ def get(name: str) -> ModelSpec:
         raise InputError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
 
 
+def measured(card: dict[str, Any]) -> str:
+    """The headline of a card's measured metrics, one short phrase per bench case: the foreground-PSNR gain in
+    dB over the best tuned classical baseline, lowest to highest over the held-out volumes (over every volume
+    where a card records no held-out figures, and it says so); "-" if none."""
+    parts = []
+    for case, m in (card.get("metrics") or {}).items():
+        if not isinstance(m, dict):
+            continue
+        lo, hi, which = m.get("held_out_gain_db_min"), m.get("held_out_gain_db_max"), ""
+        if lo is None or hi is None:  # cards without held-out figures: every benchmarked volume
+            gains = [g for v in m.get("per_volume") or [] if isinstance(v, dict)
+                     for g in list(((v.get("verdict") or {}).get("gain_db") or {}).values())[:1]]
+            lo, hi, which = (min(gains), max(gains), " (every volume)") if gains else (None, None, "")
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+            parts.append(f"{case} {lo:+.2f}..{hi:+.2f} dB{which}")
+    return "; ".join(parts) or "-"
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

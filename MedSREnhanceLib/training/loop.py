@@ -1,6 +1,8 @@
 """The training loop: sources by task, learning-rate schedule, checkpoints and resume, EMA, weights out."""
 from __future__ import annotations
 
+import json
+
 import logging
 import math
 import time
@@ -77,20 +79,23 @@ def save_checkpoint(path: Path, state: TrainState, elapsed: float) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": state.model.state_dict(), "opt": state.opt.state_dict(), "step": state.step,
                 "elapsed": elapsed, "history": state.history,
-                "rng": state.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                # numpy's generator state as JSON text: loadable with weights_only=True whatever it holds
+                "rng": json.dumps(state.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
                 **({"averaged": state.averaged.state_dict()} if state.averaged is not None else {})}, tmp)
     tmp.replace(path)
 
 
 def resume_from(path: Path, state: TrainState, source: PairSource) -> None:
-    """Continue where the checkpoint at ``path`` stopped: weights, optimiser, average, step, RNGs, history."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """Continue where the checkpoint at ``path`` stopped: weights, optimiser, average, step, RNGs, history.
+    Loaded with ``weights_only=True``: a checkpoint is data, never code to run."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     state.model.load_state_dict(ckpt["model"])
     state.opt.load_state_dict(ckpt["opt"])
     if state.averaged is not None and "averaged" in ckpt:
         state.averaged.load_state_dict(ckpt["averaged"])
     state.step, state.elapsed_before, state.history = ckpt["step"], ckpt["elapsed"], ckpt["history"]
-    state.rng.bit_generator.state = ckpt["rng"]
+    rng = ckpt["rng"]
+    state.rng.bit_generator.state = json.loads(rng) if isinstance(rng, str) else rng  # older: a plain dict
     torch.set_rng_state(ckpt["torch_rng"])
     source.rng = state.rng
     source.refresh()
