@@ -1,9 +1,10 @@
 """The high-level call: ``enhance(volume, task=..., model=..., scale=...) -> EnhanceResult``.
 
 Flow: validate -> pick the model (registry; "auto" by task, modality and scale) -> run it (classical: SimpleITK /
-scikit-image; learned: normalise, tiled network, denormalise) -> difference map on the output grid.
-Tasks are entries of ``TASKS`` and model kinds entries of ``RUNNERS`` so new ones (motion, uncertainty maps)
-slot in without if-chains.
+scikit-image; learned: normalise, tiled network, denormalise) -> data-consistency projection (SR models that know
+their acquisition) -> difference map on the output grid, residual on the input grid, optional uncertainty map.
+Tasks are entries of ``TASKS`` and model kinds entries of ``RUNNERS`` so new ones (motion) slot in without
+if-chains.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import numpy as np
 
 from ..core import normalise
 from ..models import classical
+from . import consistency as data_consistency
+from . import uncertainty as uncertainty_map
 from ..core.errors import CancelledError, InputError
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..models import registry
@@ -41,7 +44,9 @@ class EnhanceResult:
     device: str
     seconds: float
     messages: list[str] = field(default_factory=list)
-    extras: dict[str, Volume] = field(default_factory=dict)  # room for uncertainty / data-consistency maps
+    # "residual" (input grid: the input minus the output degraded back, or the removed noise), "uncertainty" and
+    # "ensemble_spread" (output grid, when asked for)
+    extras: dict[str, Volume] = field(default_factory=dict)
     precision: str = ""  # a learned model's forward-pass arithmetic: "fp32", "bf16" or "fp16" autocast
 
     @property
@@ -116,7 +121,29 @@ def _report(ctx: dict[str, Any], done: int, total: int) -> None:
         ctx["progress"](Progress(done, total, elapsed, 0.0 if done == total else None))
 
 
+class _WithSpread:
+    """A net that returns (N, 2, ...): its members' mean (the usual output) and their standard deviation."""
+
+    def __init__(self, net: Any) -> None:
+        self.net = net
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        members = self.net.members(x)  # (N, n, ...)
+        return torch.cat([members.mean(dim=1, keepdim=True), members.std(dim=1, unbiased=False, keepdim=True)], 1)
+
+
+def _nonnegative(spec: ModelSpec, volume: Volume, result: Volume) -> Volume:
+    """Magnitude MR images stay non-negative."""
+    if spec.normalisation.startswith("mr") and float(volume.array.min()) >= 0:
+        return result.with_array(np.maximum(result.array, 0))
+    return result
+
+
 def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, Any]) -> Volume:
+    """Normalise, run the tiled network, denormalise; with ``ctx["uncertainty"]`` also puts the members' spread
+    (intensity units, output grid) in ``ctx["spread"]``."""
     import torch
 
     from .inference import autocast_dtype, choose_device, precision_name, run_with_fallback
@@ -131,36 +158,44 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
     array, norm = normalise.forward(volume.array, spec.normalisation)
 
     def make_net(dev: torch.device) -> Any:
-        return net.to(dev)
+        return _WithSpread(net.to(dev)) if ctx["uncertainty"] else net.to(dev)
+
+    def split(out: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        return (out[0], out[1]) if ctx["uncertainty"] else (out, None)
 
     common = dict(halo=halo, width=width, device=device, precision=ctx["precision"], tile=ctx["tile"],
                   progress=ctx["progress"], cancel=ctx["cancel"], messages=ctx["messages"],
                   align=int(getattr(net, "shift_multiple", 1)))
+    factor = 1
     if spec.scale_mode == "none":
         out, used = run_with_fallback(array, make_net, scale=(1, 1, 1), **common)
-        result = volume.with_array(normalise.inverse(out, norm))
+        grid = volume
     elif spec.scale_mode == "isotropic":
         factor = min(int(f) for f in spec.scales if f >= scale[0] - 1e-9)
         out, used = run_with_fallback(array, make_net, scale=(factor,) * 3, **common)
-        result = empty_like_resized(volume, (factor,) * 3)
-        result = result.with_array(normalise.inverse(out, norm))
-        if abs(factor - scale[0]) > 1e-9:
-            ctx["messages"].append(f"ran the x{factor} model and resampled to x{scale[0]:g} (cubic B-spline)")
-            result = resample_to(result, empty_like_resized(volume, scale), "bspline")
+        grid = empty_like_resized(volume, (factor,) * 3)
     elif spec.scale_mode == "axis":
         axis = next(i for i, s in enumerate(scale) if abs(s - 1.0) > 1e-9)  # index axis i/j/k
-        pre = resample_scale(volume.with_array(array), scale, "bspline")
+        grid = resample_scale(volume.with_array(array), scale, "bspline")
         dim = 2 - axis  # the array is (k, j, i)
-        moved = np.moveaxis(pre.array, dim, 0)  # slice axis first: the network's D
+        moved = np.moveaxis(grid.array, dim, 0)  # slice axis first: the network's D
         out, used = run_with_fallback(np.ascontiguousarray(moved), make_net, scale=(1, 1, 1), **common)
-        result = pre.with_array(normalise.inverse(np.moveaxis(out, 0, dim), norm))
+        out = np.moveaxis(out, -3, -3 + dim)
     else:
         raise ValueError(f"model {spec.name} has an unknown scale mode {spec.scale_mode!r}")
+    mean, spread = split(out)
+    result = grid.with_array(normalise.inverse(mean, norm))
+    if spread is not None:
+        ctx["spread"] = grid.with_array((spread * norm["scale"]).astype(np.float32))
+    if spec.scale_mode == "isotropic" and abs(factor - scale[0]) > 1e-9:
+        ctx["messages"].append(f"ran the x{factor} model and resampled to x{scale[0]:g} (cubic B-spline)")
+        target = empty_like_resized(volume, scale)
+        result = resample_to(result, target, "bspline")
+        if "spread" in ctx:
+            ctx["spread"] = resample_to(ctx["spread"], target, "linear")
     ctx["device_used"] = str(used)
     ctx["precision_used"] = precision_name(autocast_dtype(used, ctx["precision"]))
-    if spec.normalisation.startswith("mr") and float(volume.array.min()) >= 0:
-        result = result.with_array(np.maximum(result.array, 0))  # magnitude images stay non-negative
-    return result
+    return _nonnegative(spec, volume, result)
 
 
 RUNNERS: dict[str, Callable[[ModelSpec, Volume, Scale, dict[str, Any]], Volume]] = {
@@ -182,11 +217,16 @@ def enhance(
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelFn] = None,
     params: Optional[dict[str, Any]] = None,
+    uncertainty: bool = False,
+    consistency: bool = True,
 ) -> EnhanceResult:
-    """Enhance ``volume``; returns the enhanced volume (output grid) and the difference map.
+    """Enhance ``volume``; returns the enhanced volume (output grid), the difference map and ``extras``.
 
     ``scale`` is in index order (i, j, k): 2 is isotropic, (1, 1, 4) through-plane along k; non-integer factors
     are fine. ``task="denoise"`` keeps the grid. ``params`` overrides a classical model's parameters.
+    ``uncertainty``: add ``extras["uncertainty"]``, the expected absolute error per output voxel (learned models
+    only). ``consistency``: project an SR model's output so that its acquisition model reproduces the input.
+    ``extras["residual"]`` (input grid) is always there when the output grid nests with the input's.
     """
     t0 = time.perf_counter()
     validate(volume)
@@ -214,6 +254,10 @@ def enhance(
         if not serves(spec, task, factors):
             raise InputError(f"model {spec.name!r} does not serve {TASKS[task]} at scale "
                              f"{','.join(f'{s:g}' for s in factors)}")
+    if uncertainty and spec.kind == "classical":
+        raise InputError(f"uncertainty is not available for classical model {spec.name}")
+    if uncertainty and not hasattr(_load_network(spec.name), "members"):
+        raise InputError(f"uncertainty is not available for model {spec.name}: its network has no ensemble members")
     if spec.kind == "classical" and (device not in ("auto", "cpu") or tile is not None):
         messages.append(f"{spec.name} is a classical method: it runs on the CPU in one piece, so the device and "
                         "tile options do not apply")
@@ -221,9 +265,39 @@ def enhance(
     logger.info("enhance: %s with %s, scale %s, %d output voxels", task, spec.name, factors, total_voxels)
     ctx: dict[str, Any] = {"device": device, "tile": tile, "precision": precision, "progress": progress,
                            "cancel": cancel, "messages": messages, "params": params, "t0": t0,
-                           "device_used": "cpu", "precision_used": ""}
+                           "device_used": "cpu", "precision_used": "", "uncertainty": uncertainty}
     enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
+    kind = spec.acquisition or data_consistency.default_acquisition(modality, factors)
+    if task == "sr" and consistency and spec.acquisition:
+        enhanced = _project(spec, volume, enhanced, factors, messages)
     reference = volume if task == "denoise" else resample_to(volume, enhanced, "bspline")
     difference = enhanced.with_array(enhanced.array - reference.array)
+    extras: dict[str, Volume] = {}
+    residual = data_consistency.residual(volume, enhanced, task, factors, kind)
+    if residual is not None:
+        extras["residual"] = residual
+    if uncertainty:
+        extras["ensemble_spread"] = ctx["spread"]
+        extras["uncertainty"] = uncertainty_map.estimate(enhanced, ctx["spread"], volume,
+                                                         uncertainty_constants(spec, messages))
     return EnhanceResult(enhanced, difference, spec.name, task, factors, ctx["device_used"],
-                         time.perf_counter() - t0, messages, precision=ctx["precision_used"])
+                         time.perf_counter() - t0, messages, extras, precision=ctx["precision_used"])
+
+
+def _project(spec: ModelSpec, volume: Volume, enhanced: Volume, factors: Scale, messages: list[str]) -> Volume:
+    """The data-consistency projection of an SR output (unchanged, with a message, if the grids do not nest)."""
+    projected = data_consistency.project(enhanced, volume, factors, spec.acquisition)
+    if projected is None:
+        messages.append("data consistency skipped: the output grid does not nest with the input grid at this scale")
+        return enhanced
+    return _nonnegative(spec, volume, projected)
+
+
+def uncertainty_constants(spec: ModelSpec, messages: Optional[list[str]] = None) -> dict[str, float]:
+    """A learned model's calibration from its card ("uncertainty"); uncalibrated: the raw ensemble spread."""
+    constants = spec.card_data().get("uncertainty", {}).get("constants")
+    if constants:
+        return {k: float(v) for k, v in constants.items()}
+    if messages is not None:
+        messages.append(f"the uncertainty of {spec.name} is not calibrated: the map is the raw ensemble spread")
+    return {"spread": 1.0, "scale": 1.0}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.acquisition import FWHM_TO_SIGMA, apply_axis, dirichlet_matrix, lr_positions, profile_matrix
+from ..core.acquisition import FWHM_TO_SIGMA, lr_positions  # noqa: F401 - re-exported by simulate
+from ..core.acquisition import apply_axis, dirichlet_matrix, profile_matrix
 from ..core.volume import Volume, resized_geometry
 
 Scale3 = tuple[float, float, float]
