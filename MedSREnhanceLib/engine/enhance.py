@@ -285,12 +285,15 @@ def enhance(
 
 
 def _project(spec: ModelSpec, volume: Volume, enhanced: Volume, factors: Scale, messages: list[str]) -> Volume:
-    """The data-consistency projection of an SR output (unchanged, with a message, if the grids do not nest)."""
+    """The data-consistency projection of an SR output (unchanged, with a message, if the grids do not nest).
+
+    Not clamped at 0 afterwards: the band limit rings slightly below 0 next to a zero background (as a zero-filled
+    reconstruction does), and clamping it broke the consistency by 0.3-0.5 % RMS on the development volumes."""
     projected = data_consistency.project(enhanced, volume, factors, spec.acquisition)
     if projected is None:
         messages.append("data consistency skipped: the output grid does not nest with the input grid at this scale")
         return enhanced
-    return _nonnegative(spec, volume, projected)
+    return projected
 
 
 def uncertainty_constants(spec: ModelSpec, messages: Optional[list[str]] = None) -> dict[str, float]:

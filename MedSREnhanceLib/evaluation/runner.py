@@ -9,10 +9,10 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..models import registry
 from . import baselines
-from .baselines import classical_rows, fourier_zerofill, run_method
+from .baselines import classical_rows, fourier_zerofill, run_learned
 from .cache import jsonable
 from .cases import BenchSettings, BenchVolume, Case, degraded_pair, parse_case
-from .report import learned_precision, markdown, plot_case
+from .report import learned_precision, markdown, plot_case, plot_trust
 from .scoring import Scorer, judge
 
 logger = logging.getLogger(__name__)
@@ -73,16 +73,13 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
                      "metrics": scores, "seconds": seconds, "grid": grid})
 
     for name in learned_models_for(case, settings.models):
-        out, seconds, messages = run_method(inp, case, name, None, settings.device)
-        scores, grid = scorer.score(out)
-        rows.append({"model": name, "kind": "learned", "params": {}, "tuned_for": None, "metrics": scores,
-                     "seconds": seconds, "grid": grid, "messages": messages, **provenance(name, bv.id)})
-        outputs[name] = out
+        rows += _learned_rows(case, bv, inp, name, scorer, settings, outputs)
 
     verdicts = judge(rows, case.modality)
-    png = None
+    png = trust_png = None
     if settings.png:
         png = plot_case(case, bv, gt, inp, rows, outputs, verdicts, scorer, out_dir)
+        trust_png = plot_trust(case, bv, gt, rows, outputs, scorer, out_dir)
     for r in rows:
         r.pop("_output", None)
     return {"case": case.name, "volume": bv.id, "file": str(bv.path), "modality": case.modality,
@@ -90,7 +87,28 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
                                      "ground_truth_size_ijk": list(gt.size), "input_size_ijk": list(inp.size),
                                      "input_spacing": list(inp.spacing)},
             "foreground_voxels": int(scorer.mask.sum()), "mr_normaliser": scorer.mr_scale if case.modality == "mr" else None,
-            "rows": rows, "verdicts": verdicts, "png": png, "seconds": time.perf_counter() - t_start}
+            "rows": rows, "verdicts": verdicts, "png": png,
+            "trust_png": trust_png, "seconds": time.perf_counter() - t_start}
+
+
+def _learned_rows(case: Case, bv: BenchVolume, inp: Any, name: str, scorer: Scorer, settings: BenchSettings,
+                  outputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """A learned model's row with its trust figures; for an SR model that projects onto its acquisition, also
+    the same model without the projection (kind "ablation": shown, not judged)."""
+    variants = [(name, "learned", True)]
+    if case.task == "sr" and registry.get(name).acquisition:
+        variants.append((f"{name} (no consistency)", "ablation", False))
+    rows = []
+    for label, kind, consistency in variants:
+        result, seconds = run_learned(inp, case, name, settings.device, consistency=consistency)
+        scores, grid = scorer.score(result.enhanced)
+        rows.append({"model": label, "kind": kind, "params": {}, "tuned_for": None, "metrics": scores,
+                     "seconds": seconds, "grid": grid, "messages": list(result.messages),
+                     "trust": scorer.trust(result, inp), **provenance(name, bv.id)})
+        outputs[label] = result.enhanced
+        if "uncertainty" in result.extras:
+            outputs[f"{label}:uncertainty"] = result.extras["uncertainty"]
+    return rows
 
 
 def _git_revision() -> str:

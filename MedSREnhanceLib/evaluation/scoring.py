@@ -53,6 +53,22 @@ class Scorer:
         return metrics.score(aligned.array, self.reference.array, self.modality, self.mask, self.mr_scale), grid
 
 
+    def trust(self, result: Any, inp: Volume) -> dict[str, Any]:
+        """Uncertainty against the actual |error| over the foreground (Spearman, calibration ratio) and the
+        consistency RMS: the residual (input minus the output degraded back) in % of the input's range."""
+        from ..engine.consistency import relative_rms
+
+        aligned, _ = self.on_grid(result.enhanced)
+        out: dict[str, Any] = {}
+        if "uncertainty" in result.extras:
+            unc, _ = self.on_grid(result.extras["uncertainty"])
+            err = aligned.array - self.reference.array
+            out.update(metrics.trust_scores(err[self.mask], unc.array[self.mask]))
+        residual = result.extras.get("residual")
+        out["consistency_rms_pct"] = 100.0 * relative_rms(residual, inp) if residual is not None else None
+        return out
+
+
 BAR_DB = 0.5
 
 
