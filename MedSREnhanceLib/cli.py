@@ -57,7 +57,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     try:
         result = enhance(volume, task=args.task, model=args.model, modality=args.modality, scale=args.scale,
                          device=args.device, tile=args.tile, precision=args.precision, progress=progress,
-                         uncertainty=bool(args.uncertainty), consistency=not args.no_consistency)
+                         uncertainty=bool(args.uncertainty), consistency=args.consistency)
     finally:
         if bar is not None:
             bar.close()
@@ -199,8 +199,9 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
                    help="also write the expected absolute error per voxel (output grid; learned models only)")
     p.add_argument("--residual", default=None, help="also write the input minus the output degraded back to the "
                    "input grid (SR), or the removed component (denoising)")
-    p.add_argument("--no-consistency", action="store_true",
-                   help="SR: do not project the output so that re-degrading it reproduces the input")
+    p.add_argument("--consistency", action=argparse.BooleanOptionalAction, default=None,
+                   help="SR: project the output so that re-degrading it reproduces the input (default: the "
+                        "model's, on where it does not lower the bench scores; see `medsr models`)")
     p.add_argument("--series-uid", default=None, help="DICOM SeriesInstanceUID when a folder holds several")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_enhance)

@@ -517,8 +517,8 @@ def test_docs_console_examples_run(scene, input_node, monkeypatch):
         exec(compile(blocking, "docs/slicer.md", "exec"), namespace)
         names = {scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetName()
                  for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))}
-        assert {"MRHead_SRx2", "MRHead_SRx1x1x3", "MRHead_denoised", "MRHead_difference"} <= names
-        assert node_count(scene, "vtkMRMLScalarVolumeNode") == n + 4  # one difference map, updated per run
+        assert {"MRHead_SRx2", "MRHead_SRx1x1x3", "MRHead_denoised", "MRHead_difference", "MRHead_uncertainty"} <= names
+        assert node_count(scene, "vtkMRMLScalarVolumeNode") == n + 5  # one difference map, updated per run
 
         exec(compile(non_blocking, "docs/slicer.md", "exec"), namespace)
         job = namespace["job"]

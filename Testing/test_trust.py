@@ -91,15 +91,27 @@ def test_enhance_sr_is_consistent_and_maps_sit_on_their_grids() -> None:
 
     torch.set_num_threads(1)
     lr = kspace_truncation(make_volume(shape_zyx=(24, 22, 20), direction=OBLIQUE), (2, 2, 2))
-    result = enhance(lr, task="sr", model="mr-sr-x2", scale=2, uncertainty=True)
+    result = enhance(lr, task="sr", model="mr-sr-x2", scale=2, uncertainty=True, consistency=True)
     unc, res = result.extras["uncertainty"], result.extras["residual"]
     assert unc.array.shape == result.enhanced.array.shape and unc.origin == result.enhanced.origin
     assert res.array.shape == lr.array.shape and res.origin == lr.origin and res.spacing == lr.spacing
     assert consistency.relative_rms(res, lr) < 1e-5
     assert np.all(unc.array >= 0) and float(unc.array.max()) > 0
-    off = enhance(lr, task="sr", model="mr-sr-x2", scale=2, consistency=False)
+    off = enhance(lr, task="sr", model="mr-sr-x2", scale=2)  # off by default for the k-space models (README)
     assert consistency.relative_rms(off.extras["residual"], lr) > 1e-4
     assert "uncertainty" not in off.extras
+
+
+def test_through_plane_projects_by_default_and_the_cli_can_switch_it_off(tmp_path: Path) -> None:
+    from MedSREnhanceLib import enhance, read_volume
+
+    thick = slice_profile(make_volume(shape_zyx=(32, 14, 13), direction=OBLIQUE), 2, 4.0)
+    assert consistency.relative_rms(enhance(thick, task="sr", scale=(1, 1, 4)).extras["residual"], thick) < 1e-5
+    src, out, res = tmp_path / "thick.nrrd", tmp_path / "thin.nrrd", tmp_path / "res.nrrd"
+    sitk.WriteImage(to_sitk_image(thick), str(src))
+    assert cli.main(["enhance", str(src), str(out), "--scale", "1,1,4", "--no-consistency", "--residual", str(res),
+                     "--quiet"]) == 0
+    assert consistency.relative_rms(read_volume(res), thick) > 1e-4
 
 
 def test_denoise_residual_is_the_removed_component() -> None:

@@ -218,14 +218,15 @@ def enhance(
     cancel: Optional[CancelFn] = None,
     params: Optional[dict[str, Any]] = None,
     uncertainty: bool = False,
-    consistency: bool = True,
+    consistency: Optional[bool] = None,
 ) -> EnhanceResult:
     """Enhance ``volume``; returns the enhanced volume (output grid), the difference map and ``extras``.
 
     ``scale`` is in index order (i, j, k): 2 is isotropic, (1, 1, 4) through-plane along k; non-integer factors
     are fine. ``task="denoise"`` keeps the grid. ``params`` overrides a classical model's parameters.
     ``uncertainty``: add ``extras["uncertainty"]``, the expected absolute error per output voxel (learned models
-    only). ``consistency``: project an SR model's output so that its acquisition model reproduces the input.
+    only). ``consistency``: project an SR model's output so that its acquisition model reproduces the input (None:
+    the model's default, ``ModelSpec.consistency_default``).
     ``extras["residual"]`` (input grid) is always there when the output grid nests with the input's.
     """
     t0 = time.perf_counter()
@@ -268,6 +269,8 @@ def enhance(
                            "device_used": "cpu", "precision_used": "", "uncertainty": uncertainty}
     enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
     kind = spec.acquisition or data_consistency.default_acquisition(modality, factors)
+    if consistency is None:
+        consistency = spec.consistency_default
     if task == "sr" and consistency and spec.acquisition:
         enhanced = _project(spec, volume, enhanced, factors, messages)
     reference = volume if task == "denoise" else resample_to(volume, enhanced, "bspline")

@@ -53,7 +53,8 @@ def run_method(inp: Volume, case: Case, model: str, params: Optional[dict[str, A
     return result.enhanced, time.perf_counter() - t0, list(result.messages)
 
 
-def run_learned(inp: Volume, case: Case, model: str, device: str, consistency: bool = True) -> tuple[Any, float]:
+def run_learned(inp: Volume, case: Case, model: str, device: str,
+                consistency: Optional[bool] = None) -> tuple[Any, float]:
     """A learned model with its uncertainty map (the trust figures): the EnhanceResult and the seconds."""
     from ..engine.enhance import enhance
 

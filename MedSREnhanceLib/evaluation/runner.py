@@ -93,11 +93,13 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
 
 def _learned_rows(case: Case, bv: BenchVolume, inp: Any, name: str, scorer: Scorer, settings: BenchSettings,
                   outputs: dict[str, Any]) -> list[dict[str, Any]]:
-    """A learned model's row with its trust figures; for an SR model that projects onto its acquisition, also
-    the same model without the projection (kind "ablation": shown, not judged)."""
-    variants = [(name, "learned", True)]
-    if case.task == "sr" and registry.get(name).acquisition:
-        variants.append((f"{name} (no consistency)", "ablation", False))
+    """A learned model's row (its default) with its trust figures; for an SR model with an acquisition model, also
+    the same model with the data-consistency projection switched the other way (kind "ablation": not judged)."""
+    spec = registry.get(name)
+    variants: list[tuple[str, str, Optional[bool]]] = [(name, "learned", None)]
+    if case.task == "sr" and spec.acquisition:
+        other = not spec.consistency_default
+        variants.append((f"{name} (consistency {'on' if other else 'off'})", "ablation", other))
     rows = []
     for label, kind, consistency in variants:
         result, seconds = run_learned(inp, case, name, settings.device, consistency=consistency)
