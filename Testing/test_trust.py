@@ -15,7 +15,7 @@ from MedSREnhanceLib.core.errors import InputError
 from MedSREnhanceLib.core.volume import Volume, resized_geometry
 from MedSREnhanceLib.engine import consistency, uncertainty
 from MedSREnhanceLib.evaluation.calibration import Sample, evaluate, fit
-from MedSREnhanceLib.evaluation.metrics import trust_scores
+from MedSREnhanceLib.evaluation.scoring import trust_scores
 from MedSREnhanceLib.simulate import kspace_truncation, slice_profile
 
 torch = pytest.importorskip("torch")

@@ -26,7 +26,7 @@ from ..engine import uncertainty as uncertainty_map
 from ..engine.enhance import enhance
 from ..models import registry
 from . import metrics
-from .metrics import trust_scores
+from .scoring import trust_scores
 from .cases import BenchSettings, degraded_pair, find_volumes, parse_case
 
 logger = logging.getLogger(__name__)

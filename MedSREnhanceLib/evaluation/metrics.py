@@ -199,15 +199,3 @@ def score(pred: np.ndarray, ref: np.ndarray, modality: str, mask: np.ndarray,
             out[f"ssim_fg_{w.name}"] = ssim3d(p, r, 1.0, mask=mask)
         return out
     raise ValueError(f"modality must be 'mr' or 'ct', got {modality!r}")
-
-
-def trust_scores(error: np.ndarray, uncertainty: np.ndarray) -> dict[str, float]:
-    """How well an uncertainty map estimates |error| (both over the same voxels, e.g. the foreground): the
-    Spearman rank correlation and the calibration ratio median |error| / median uncertainty (1 = calibrated)."""
-    from scipy.stats import spearmanr
-
-    err = np.abs(np.asarray(error, np.float64)).ravel()
-    unc = np.asarray(uncertainty, np.float64).ravel()
-    med_u = float(np.median(unc))
-    return {"spearman": float(spearmanr(unc, err).statistic),
-            "calibration_ratio": float(np.median(err)) / med_u if med_u > 0 else float("inf")}
