@@ -518,18 +518,19 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolumeNode, task: str = "sr", model: str = "auto", scale=2, device: str = "auto",
                 tile: Optional[int] = None, precision: str = "auto", modality: str = "auto",
                 enhancedVolumeNode=None, differenceVolumeNode=None, progress=None, cancel=None,
-                showResult: bool = False):
-        """Blocking. Returns (enhancedNode, differenceNode). ``scale``: 2, (1, 1, 3) (i, j, k) or "1,1,3";
-        ignored for task="denoise"."""
+                showResult: bool = False, uncertainty: bool = False, showUncertainty: bool = False):
+        """Blocking. Returns (enhancedNode, differenceNode); with ``uncertainty=True`` (learned models only) also an
+        uncertaintyNode (expected absolute error, Inferno), overlaid on the enhanced view if ``showUncertainty``.
+        ``scale``: 2, (1, 1, 3) (i, j, k) or "1,1,3"; ignored for task="denoise"."""
         if not self.ensureDependencies(task, model):
             raise RuntimeError(_("Required Python packages are missing."))
-        enhancedNode, differenceNode = self._core().process(
+        nodes = self._core().process(
             inputVolumeNode, task=task, model=model, scale=scale, device=device, tile=tile, precision=precision,
             modality=modality, enhancedVolumeNode=enhancedVolumeNode, differenceVolumeNode=differenceVolumeNode,
-            progress=progress, cancel=cancel)
+            progress=progress, cancel=cancel, uncertainty=uncertainty, showUncertainty=showUncertainty)
         if showResult:
-            self.showResults(inputVolumeNode, enhancedNode, differenceNode)
-        return enhancedNode, differenceNode
+            self.showResults(inputVolumeNode, nodes[0], nodes[1])
+        return nodes
 
     def processAsync(self, inputVolumeNode, task: str = "sr", model: str = "auto", scale=2,
                      device: str = "auto", tile: Optional[int] = None, precision: str = "auto",

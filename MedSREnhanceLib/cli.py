@@ -31,19 +31,24 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
+    from .engine.consistency import relative_rms
     from .engine.enhance import enhance
     from .core.io import check_writable, read_volume, write_volumes
     from .core.volume import validate
 
-    outputs = [args.output] + ([args.difference] if args.difference else [])
-    for out in outputs:
+    maps = {flag: path for flag, path in (("--difference", args.difference), ("--uncertainty", args.uncertainty),
+                                          ("--residual", args.residual)) if path}
+    seen = {os.path.realpath(args.output): "the output"}
+    for out in [args.output] + list(maps.values()):
         check_writable(out)  # the exact file names (and a .nhdr/.mhd data file), before any work
         if os.path.realpath(out) == os.path.realpath(args.input):
             _error(f"output {out} would overwrite the input")
             return EXIT_BAD_INPUT
-    if args.difference and os.path.realpath(args.difference) == os.path.realpath(args.output):
-        _error(f"--difference {args.difference} is the same file as the output")
-        return EXIT_BAD_INPUT
+    for flag, path in maps.items():
+        if os.path.realpath(path) in seen:
+            _error(f"{flag} {path} is the same file as {seen[os.path.realpath(path)]}")
+            return EXIT_BAD_INPUT
+        seen[os.path.realpath(path)] = flag
     volume = read_volume(args.input, series_uid=args.series_uid)
     validate(volume, f"input {args.input}")
     bar: Any = None
@@ -72,17 +77,26 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     try:
         result = enhance(volume, task=args.task, model=args.model, modality=args.modality, scale=args.scale,
                          device=args.device, tile=args.tile, precision=args.precision, progress=progress,
-                         dtype=args.dtype, force=args.force)
+                         dtype=args.dtype, force=args.force, uncertainty=bool(args.uncertainty),
+                         consistency=args.consistency)
     finally:
         if bar is not None:
             bar.close()
-    outputs = [(result.enhanced, args.output, result.dtype)]
-    if args.difference:
-        outputs.append((result.difference, args.difference))
-    write_volumes(outputs)  # all or nothing: no enhanced volume without its requested difference map
+    if args.residual and "residual" not in result.extras:
+        _error("no residual: the output grid does not nest with the input grid at this scale")
+        return EXIT_BAD_INPUT
+    named = {"--difference": result.difference, "--uncertainty": result.extras.get("uncertainty"),
+             "--residual": result.extras.get("residual")}
+    outputs = [(result.enhanced, args.output, result.dtype)] + [(named[flag], path) for flag, path in maps.items()]
+    write_volumes(outputs)  # all or nothing: no enhanced volume without its requested maps
     if not args.quiet:
         for message in result.messages:
             sys.stderr.write(f"medsr: {message}\n")
+        if "residual" in result.extras:
+            rms = relative_rms(result.extras["residual"], volume)
+            what = "the output degraded back" if result.task == "sr" else "the output"
+            sys.stderr.write(f"medsr: residual (input minus {what}) RMS {100 * rms:.3f} % of the input's "
+                             "intensity range\n")
         size = "x".join(str(n) for n in result.enhanced.size)
         spacing = "x".join(f"{s:.4g}" for s in result.enhanced.spacing)
         sys.stderr.write(f"medsr: {result.model} on {result.ran_on}: {args.output} ({size} voxels, "
@@ -274,6 +288,13 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=None, help="tile edge in input voxels (default: from free memory)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     p.add_argument("--difference", default=None, help="also write enhanced minus input (on the output grid)")
+    p.add_argument("--uncertainty", default=None,
+                   help="also write the expected absolute error per voxel (output grid; learned models only)")
+    p.add_argument("--residual", default=None, help="also write the input minus the output degraded back to the "
+                   "input grid (SR), or the removed component (denoising)")
+    p.add_argument("--consistency", action=argparse.BooleanOptionalAction, default=None,
+                   help="SR: project the output so that re-degrading it reproduces the input (default: the "
+                        "model's, on where it does not lower the bench scores; see `medsr models`)")
     p.add_argument("--series-uid", default=None, help="DICOM SeriesInstanceUID when a folder holds several")
     p.add_argument("--dtype", choices=["float32", "keep"], default="float32",
                    help="voxel type of the enhanced output: float32 (default; enhancement creates values between "

@@ -527,8 +527,8 @@ def test_docs_console_examples_run(scene, input_node, monkeypatch):
         exec(compile(blocking, "docs/slicer.md", "exec"), namespace)
         names = {scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetName()
                  for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))}
-        assert {"MRHead_SRx2", "MRHead_SRx1x1x3", "MRHead_denoised", "MRHead_difference"} <= names
-        assert node_count(scene, "vtkMRMLScalarVolumeNode") == n + 4  # one difference map, updated per run
+        assert {"MRHead_SRx2", "MRHead_SRx1x1x3", "MRHead_denoised", "MRHead_difference", "MRHead_uncertainty"} <= names
+        assert node_count(scene, "vtkMRMLScalarVolumeNode") == n + 5  # one difference map, updated per run
 
         exec(compile(non_blocking, "docs/slicer.md", "exec"), namespace)
         job = namespace["job"]
@@ -632,3 +632,31 @@ def test_scripted_logic_asks_for_torch_only_when_the_model_needs_it(monkeypatch)
         assert logic.ensureDependencies("denoise", "auto") and requirements == []
     finally:
         sys.modules.pop("MedSREnhance", None)
+
+
+@pytest.mark.parametrize("input_node", ["oblique"], indirect=True)
+def test_uncertainty_node_only_when_asked(scene, input_node):
+    logic = mrml.EnhanceLogic()
+    n = node_count(scene, "vtkMRMLScalarVolumeNode")
+    assert len(logic.process(input_node, task="sr", model="mr-sr-x2", scale=2, device="cpu")) == 2
+    assert node_count(scene, "vtkMRMLScalarVolumeNode") == n + 2
+    composite = slicer.vtkMRMLSliceCompositeNode()
+    scene.AddNode(composite)
+    enh, diff, unc = logic.process(input_node, task="sr", model="mr-sr-x2", scale=2, device="cpu",
+                                   uncertainty=True, showUncertainty=True)
+    assert node_count(scene, "vtkMRMLScalarVolumeNode") == n + 3  # enhanced and difference reused
+    assert unc.GetAttribute(mrml.ATTR_ROLE) == "uncertainty"
+    np.testing.assert_allclose(mrml.node_ijk_to_ras(unc), mrml.node_ijk_to_ras(enh), atol=1e-9)
+    display = unc.GetDisplayNode()
+    top = float(np.percentile(slicer.util.arrayFromVolume(unc), 99))
+    assert display.GetWindow() == pytest.approx(top, rel=1e-5) and display.GetLevel() == pytest.approx(top / 2, rel=1e-5)
+    assert "nferno" in scene.GetNodeByID(display.GetColorNodeID()).GetName()
+    assert composite.GetForegroundVolumeID() == unc.GetID() and composite.GetBackgroundVolumeID() == enh.GetID()
+
+
+@pytest.mark.parametrize("input_node", ["oblique"], indirect=True)
+def test_classical_uncertainty_refused_scene_unchanged(scene, input_node):
+    n = node_count(scene, "vtkMRMLScalarVolumeNode")
+    with pytest.raises(InputError, match="not available for classical model linear"):
+        mrml.EnhanceLogic().process(input_node, task="sr", model="linear", scale=2, device="cpu", uncertainty=True)
+    assert node_count(scene, "vtkMRMLScalarVolumeNode") == n

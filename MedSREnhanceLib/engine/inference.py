@@ -147,8 +147,9 @@ def tiled_apply(
     """Apply ``net`` to a (D, H, W) array tile by tile; returns (D*s0, H*s1, W*s2) float32 on the CPU.
 
     ``tile`` is the core size in input voxels (per axis or one for all); ``halo`` the margin read around each core
-    ("crop" mode). ``net`` takes and returns (1, 1, d, h, w) tensors on ``device``; output windows are moved to
-    the CPU at once so device memory holds one window at a time.
+    ("crop" mode). ``net`` takes (1, 1, d, h, w) tensors on ``device`` and returns (1, C, ...) ones; with C > 1
+    (e.g. an output and its uncertainty) the result is (C, D*s0, H*s1, W*s2). Output windows are moved to the CPU
+    at once so device memory holds one window at a time.
     """
     if array.ndim != 3:
         raise ValueError(f"tiled_apply needs a 3D array, got shape {array.shape}")
@@ -156,7 +157,7 @@ def tiled_apply(
     tiles = (tile,) * 3 if isinstance(tile, int) else tuple(tile)
     windows = plan_windows(array.shape, tiles, mode=mode, halo=halo, overlap=overlap)
     out_shape = tuple(n * s for n, s in zip(array.shape, scale))
-    out = np.zeros(out_shape, np.float32)
+    out: Optional[np.ndarray] = None  # (C, *out_shape), allocated once the first window says what C is
     weights = window_w = None
     if mode == "blend":
         weights = np.zeros(out_shape, np.float32)
@@ -195,21 +196,24 @@ def tiled_apply(
             block = array[read[0][0]:read[0][1], read[1][0]:read[1][1], read[2][0]:read[2][1]]
             x = torch.from_numpy(np.ascontiguousarray(block))[None, None].to(device)
             with step_reporter(lambda step, steps, i=index: on_step(i, step, steps)):
-                y = net(x).float()[0, 0].cpu().numpy()
+                y = net(x).float()[0].cpu().numpy()  # (C, ...)
+            if out is None:
+                out = np.zeros((y.shape[0],) + out_shape, np.float32)
             # Crop the halo in output voxels: offset of the core inside the read block, times the scale.
-            sl = tuple(
+            sl = (slice(None),) + tuple(
                 slice((c0 - r0) * s, (c1 - r0) * s) for (c0, c1), (r0, _), s in zip(core, read, scale)
             )
-            dst = tuple(slice(c0 * s, c1 * s) for (c0, c1), s in zip(core, scale))
+            dst = (slice(None),) + tuple(slice(c0 * s, c1 * s) for (c0, c1), s in zip(core, scale))
             if weights is None:
                 out[dst] = y[sl]
             else:
                 out[dst] += y[sl] * window_w
-                weights[dst] += window_w
+                weights[dst[1:]] += window_w
             emit((index + 1) * passes[0])
+    assert out is not None  # plan_windows returns at least one window
     if weights is not None:
         out /= weights
-    return out
+    return out[0] if out.shape[0] == 1 else out
 
 
 class _nullcontext:

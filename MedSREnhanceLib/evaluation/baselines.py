@@ -55,6 +55,18 @@ def run_method(inp: Volume, case: Case, model: str, params: Optional[dict[str, A
     return result.enhanced, time.perf_counter() - t0, list(result.messages)
 
 
+def run_learned(inp: Volume, case: Case, model: str, device: str,
+                consistency: Optional[bool] = None) -> tuple[Any, float]:
+    """A learned model with its uncertainty map (the trust figures): the EnhanceResult and the seconds."""
+    from ..engine.enhance import enhance
+
+    t0 = time.perf_counter()
+    result = enhance(inp, task=case.task, model=model, modality=case.modality,
+                     scale=case.scale if case.task == "sr" else 1, device=device, uncertainty=True,
+                     consistency=consistency)
+    return result, time.perf_counter() - t0
+
+
 def tune(case: Case, model: str, inp: Volume, scorer: Scorer, grid: Sequence[dict[str, Any]], device: str = "cpu",
          ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], float]:
     """Grid search of a classical model's parameters against the ground truth.

@@ -104,6 +104,26 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
             lines += ["", "CT gains are given per window (full / soft)."]
     else:
         lines.append("No learned model ran.")
+    return lines + _trust_lines(report)
+
+
+def _trust_lines(report: dict[str, Any]) -> list[str]:
+    """Per case and volume: how well the uncertainty map ranks and sizes the actual error, and how consistent
+    the output is with its input (with the SR models' projection on, and off)."""
+    rows = [(res, r) for res in report["results"] for r in res["rows"] if r.get("trust")]
+    if not rows:
+        return []
+    obj = {"mr": "psnr_fg", "ct": "psnr_fg_full"}
+    lines = ["", "## Trust: uncertainty against the actual error, consistency with the input", "",
+             "Spearman: rank correlation of the uncertainty map with |error| over the foreground; ratio: median "
+             "|error| / median uncertainty (1 = calibrated); consistency: RMS of the input minus the output degraded "
+             "back (SR) or minus the output (denoising), in % of the input's 0.5-99.5th percentile range.", "",
+             "| case | volume | model | Spearman | ratio | consistency RMS (%) | fg PSNR |", "|---|---|---|---|---|---|---|"]
+    for res, r in rows:
+        t = r["trust"]
+        lines.append(f"| {res['case']} | {res['volume']} | {r['model']} | {_fmt(t.get('spearman'), 3)} | "
+                     f"{_fmt(t.get('calibration_ratio'), 2)} | {_fmt(t.get('consistency_rms_pct'), 3)} | "
+                     f"{_fmt(r['metrics'].get(obj[res['modality']]), 2)} |")
     return lines
 
 
@@ -151,6 +171,8 @@ def _case_lines(report: dict[str, Any], case: dict[str, Any]) -> list[str]:
                              + ", ".join(f"{k} {d:+.2f} dB" for k, d in g.items()) + ".")
         if res.get("png"):
             lines += ["", f"![{res['case']} {res['volume']}]({res['png']})"]
+        if res.get("trust_png"):
+            lines += ["", f"![trust {res['case']} {res['volume']}]({res['trust_png']})"]
         lines.append("")
     return lines
 
@@ -216,6 +238,45 @@ def plot_case(case: Case, bv: BenchVolume, gt: Volume, inp: Volume, rows: list[d
     png_dir = out_dir / "png"
     png_dir.mkdir(parents=True, exist_ok=True)
     path = png_dir / f"{case.name}__{bv.id}.png"
+    _save_palette_png(fig, path)
+    plt.close(fig)
+    return str(path.relative_to(out_dir))
+
+
+def plot_trust(case: Case, bv: BenchVolume, gt: Volume, rows: list[dict[str, Any]], outputs: dict[str, Volume],
+               scorer: Scorer, out_dir: Path) -> Optional[str]:
+    """Enhanced, |error| and uncertainty side by side (axial and coronal) for the first learned model."""
+    row = next((r for r in rows if r["kind"] == "learned" and f"{r['model']}:uncertainty" in outputs), None)
+    if row is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    enhanced = scorer.on_grid(outputs[row["model"]])[0].array
+    unc = scorer.on_grid(outputs[f"{row['model']}:uncertainty"])[0].array
+    err = np.abs(enhanced - gt.array)
+    top = float(np.percentile(np.concatenate([err[scorer.mask], unc[scorer.mask]]), 99)) or 1.0
+    hi = scorer.mr_scale if case.modality == "mr" else 1000.0
+    lo = 0.0 if case.modality == "mr" else -1000.0
+    panels = [("enhanced", enhanced, "gray", lo, hi), ("|error|", err, "inferno", 0.0, top),
+              ("uncertainty", unc, "inferno", 0.0, top)]
+    zc, yc = gt.array.shape[0] // 2, gt.array.shape[1] // 2
+    sx, sy, sz = gt.spacing
+    fig, axes = plt.subplots(2, 3, figsize=(7.5, 5.2))
+    for col, (title, img, cmap, vmin, vmax) in enumerate(panels):
+        for r, (sl, aspect) in enumerate(((img[zc], sy / sx), (img[:, yc][::-1], sz / sx))):
+            axes[r, col].imshow(sl, cmap=cmap, vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
+            axes[r, col].axis("off")
+        axes[0, col].set_title(title, fontsize=9)
+    t = row["trust"]
+    fig.suptitle(f"{case.name} / {bv.id} / {row['model']}: Spearman {t.get('spearman', float('nan')):.2f}, "
+                 f"median |err| / median unc {t.get('calibration_ratio', float('nan')):.2f}", fontsize=9)
+    fig.tight_layout()
+    png_dir = out_dir / "png"
+    png_dir.mkdir(parents=True, exist_ok=True)
+    path = png_dir / f"trust__{case.name}__{bv.id}.png"
     _save_palette_png(fig, path)
     plt.close(fig)
     return str(path.relative_to(out_dir))

@@ -10,10 +10,10 @@ from typing import Any, Callable, Optional, Sequence
 from ..engine.enhance import SAME_GRID
 from ..models import registry
 from . import baselines
-from .baselines import classical_rows, fourier_zerofill, run_method
+from .baselines import classical_rows, fourier_zerofill, run_learned
 from .cache import jsonable
 from .cases import BenchSettings, BenchVolume, Case, degraded_pair, parse_case
-from .report import learned_precision, markdown, plot_case
+from .report import learned_precision, markdown, plot_case, plot_trust
 from .scoring import Scorer, judge
 
 logger = logging.getLogger(__name__)
@@ -74,16 +74,13 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
                      "metrics": scores, "seconds": seconds, "grid": grid})
 
     for name in learned_models_for(case, settings.models):
-        out, seconds, messages = run_method(inp, case, name, None, settings.device)
-        scores, grid = scorer.score(out)
-        rows.append({"model": name, "kind": "learned", "params": {}, "tuned_for": None, "metrics": scores,
-                     "seconds": seconds, "grid": grid, "messages": messages, **provenance(name, bv.id)})
-        outputs[name] = out
+        rows += _learned_rows(case, bv, inp, name, scorer, settings, outputs)
 
     verdicts = judge(rows, case.modality, case.task)
-    png = None
+    png = trust_png = None
     if settings.png:
         png = plot_case(case, bv, gt, inp, rows, outputs, verdicts, scorer, out_dir)
+        trust_png = plot_trust(case, bv, gt, rows, outputs, scorer, out_dir)
     for r in rows:
         r.pop("_output", None)
     return {"case": case.name, "volume": bv.id, "file": str(bv.path), "modality": case.modality,
@@ -91,7 +88,30 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
                                      "ground_truth_size_ijk": list(gt.size), "input_size_ijk": list(inp.size),
                                      "input_spacing": list(inp.spacing)},
             "foreground_voxels": int(scorer.mask.sum()), "mr_normaliser": scorer.mr_scale if case.modality == "mr" else None,
-            "rows": rows, "verdicts": verdicts, "png": png, "seconds": time.perf_counter() - t_start}
+            "rows": rows, "verdicts": verdicts, "png": png,
+            "trust_png": trust_png, "seconds": time.perf_counter() - t_start}
+
+
+def _learned_rows(case: Case, bv: BenchVolume, inp: Any, name: str, scorer: Scorer, settings: BenchSettings,
+                  outputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """A learned model's row (its default) with its trust figures; for an SR model with an acquisition model, also
+    the same model with the data-consistency projection switched the other way (kind "ablation": not judged)."""
+    spec = registry.get(name)
+    variants: list[tuple[str, str, Optional[bool]]] = [(name, "learned", None)]
+    if case.task == "sr" and spec.acquisition:
+        other = not spec.consistency_default
+        variants.append((f"{name} (consistency {'on' if other else 'off'})", "ablation", other))
+    rows = []
+    for label, kind, consistency in variants:
+        result, seconds = run_learned(inp, case, name, settings.device, consistency=consistency)
+        scores, grid = scorer.score(result.enhanced)
+        rows.append({"model": label, "kind": kind, "params": {}, "tuned_for": None, "metrics": scores,
+                     "seconds": seconds, "grid": grid, "messages": list(result.messages),
+                     "trust": scorer.trust(result, inp), **provenance(name, bv.id)})
+        outputs[label] = result.enhanced
+        if "uncertainty" in result.extras:
+            outputs[f"{label}:uncertainty"] = result.extras["uncertainty"]
+    return rows
 
 
 def _git_revision() -> str:

@@ -53,6 +53,35 @@ class Scorer:
         return metrics.score(aligned.array, self.reference.array, self.modality, self.mask, self.mr_scale), grid
 
 
+    def trust(self, result: Any, inp: Volume) -> dict[str, Any]:
+        """Uncertainty against the actual |error| over the foreground (Spearman, calibration ratio) and the
+        consistency RMS: the residual (input minus the output degraded back) in % of the input's range."""
+        from ..engine.consistency import relative_rms
+
+        aligned, _ = self.on_grid(result.enhanced)
+        out: dict[str, Any] = {}
+        if "uncertainty" in result.extras:
+            unc, _ = self.on_grid(result.extras["uncertainty"])
+            err = aligned.array - self.reference.array
+            out.update(trust_scores(err[self.mask], unc.array[self.mask]))
+        residual = result.extras.get("residual")
+        out["consistency_rms_pct"] = 100.0 * relative_rms(residual, inp) if residual is not None else None
+        return out
+
+
+# (here rather than in metrics.py, whose source keys the cache of classical results)
+def trust_scores(error: np.ndarray, uncertainty: np.ndarray) -> dict[str, float]:
+    """How well an uncertainty map estimates |error| (both over the same voxels, e.g. the foreground): the
+    Spearman rank correlation and the calibration ratio median |error| / median uncertainty (1 = calibrated)."""
+    from scipy.stats import spearmanr
+
+    err = np.abs(np.asarray(error, np.float64)).ravel()
+    unc = np.asarray(uncertainty, np.float64).ravel()
+    med_u = float(np.median(unc))
+    return {"spearman": float(spearmanr(unc, err).statistic),
+            "calibration_ratio": float(np.median(err)) / med_u if med_u > 0 else float("inf")}
+
+
 BAR_DB = 0.5
 # Per task, where it differs: the bar (dB) and the rows a learned model is judged against. Motion correction must
 # beat the corrupted input as well as every tuned filter, by 1 dB (issue 15); a filter can be no better than its input.

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ensemble import check_ensemble, flip_ensemble
+from .ensemble import check_ensemble, flip_ensemble, flip_members
 
 
 def _block(conv: type[nn.Module], c_in: int, c_out: int, n: int, stride: int = 1,
@@ -55,21 +55,32 @@ class Denoiser(nn.Module):
         self.scale_factors: tuple[int, ...] = (1,) * spatial_dims
         self.shift_multiple: int = 4  # tiles must start on this grid (two 2x downsamplings)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
+        """``x`` replicate-padded to multiples of 4, and the crop back to its size."""
         size = x.shape[2:]
         pad: list[int] = []
         for n in reversed(size):  # F.pad order: last dim first, (before, after)
             pad += [0, (-n) % 4]
         xp = F.pad(x, pad, mode="replicate") if any(pad) else x
+        return xp, (...,) + tuple(slice(0, n) for n in size)
+
+    def _finish(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        out = x - noise
+        return out.clamp_min(self.clamp_min) if self.clamp_min is not None else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xp, crop = self._pad(x)
         # padded first, so flipped copies stay on the 4-voxel grid and tiles still match the whole volume
         if self.ensemble > 1 and not self.training:
             noise = flip_ensemble(self._noise, xp, self.ensemble, self.spatial_dims)
         else:
             noise = self._noise(xp)
-        out = x - noise[(...,) + tuple(slice(0, n) for n in size)]
-        if self.clamp_min is not None:
-            out = out.clamp_min(self.clamp_min)
-        return out
+        return self._finish(x, noise[crop])
+
+    def members(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, n, *S): the self-ensemble's members, whose mean is ``forward(x)`` (without ``clamp_min``)."""
+        xp, crop = self._pad(x)
+        return self._finish(x, flip_members(self._noise, xp, self.ensemble, self.spatial_dims)[crop])
 
     def _noise(self, xp: torch.Tensor) -> torch.Tensor:
         e0 = self.enc0(xp)

@@ -32,3 +32,16 @@ def flip_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n
         out = out + (y.flip(f) if f else y)
         report_step(i + 1, len(flips))
     return out / len(flips)
+
+
+def flip_members(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int,
+                 spatial_dims: int) -> torch.Tensor:
+    """The members ``flip(fn(flip(x)))`` of ``flip_ensemble`` stacked on dim 1: (N, n, *S_out) for a ``fn``
+    returning (N, 1, *S_out). Their mean is flip_ensemble's output; their spread feeds the uncertainty map."""
+    check_ensemble(n, spatial_dims)
+    flips = list(dict.fromkeys(tuple(d for d in f if d < 2 + spatial_dims) for f in FLIPS_3D))[:n]
+    outs = []
+    for f in flips:
+        y = fn(x.flip(f) if f else x)
+        outs.append(y.flip(f) if f else y)
+    return torch.cat(outs, dim=1)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ensemble import check_ensemble, flip_ensemble
+from .ensemble import check_ensemble, flip_ensemble, flip_members
 
 
 def pixel_shuffle_nd(x: torch.Tensor, scale: int, spatial_dims: int) -> torch.Tensor:
@@ -64,6 +64,10 @@ class SRNet(nn.Module):
         if self.ensemble == 1 or self.training:
             return self._forward(x)
         return flip_ensemble(self._forward, x, self.ensemble, self.spatial_dims)
+
+    def members(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, n, *(s*S)): the self-ensemble's members, whose mean is ``forward(x)`` in eval mode."""
+        return flip_members(self._forward, x, self.ensemble, self.spatial_dims)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = "trilinear" if self.spatial_dims == 3 else "bilinear"

@@ -59,6 +59,10 @@ class ThroughPlaneNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spatial_dims == 2:
             return self.net2d(x)  # (N, 1, D, H)
+        return self.members(x).mean(dim=1, keepdim=True)
+
+    def members(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2, D, H, W): the net run on the (D, H) slices and on the (D, W) slices; ``forward`` averages them."""
         n, c, d, h, w = x.shape
         # (D, H) slices: one per W index
         dh = x.permute(0, 4, 1, 2, 3).reshape(n * w, c, d, h)  # (N*W, 1, D, H)
@@ -66,5 +70,6 @@ class ThroughPlaneNet(nn.Module):
         dh = self._run_slices(dh, 0, sum(batches)).reshape(n, w, c, d, h).permute(0, 2, 3, 4, 1)  # (N, 1, D, H, W)
         # (D, W) slices: one per H index
         dw = x.permute(0, 3, 1, 2, 4).reshape(n * h, c, d, w)  # (N*H, 1, D, W)
-        dw = self._run_slices(dw, batches[0], sum(batches)).reshape(n, h, c, d, w).permute(0, 2, 3, 1, 4)  # (N, 1, D, H, W)
-        return 0.5 * (dh + dw)
+        dw = self._run_slices(dw, batches[0], sum(batches))  # (N*H, 1, D, W)
+        dw = dw.reshape(n, h, c, d, w).permute(0, 2, 3, 1, 4)  # (N, 1, D, H, W)
+        return torch.cat([dh, dw], dim=1)

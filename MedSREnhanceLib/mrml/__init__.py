@@ -14,6 +14,7 @@ _EXPORTS: dict[str, str] = {
     "LPS_TO_RAS": "nodes", "ATTR_ROLE": "nodes", "ATTR_INPUT": "nodes", "ATTR_MODEL": "nodes",
     "ijk_to_ras": "nodes", "geometry_from_ijk_to_ras": "nodes", "node_ijk_to_ras": "nodes",
     "volume_from_node": "nodes", "set_node_from_volume": "nodes", "diverging_color_node_id": "nodes",
+    "inferno_color_node_id": "nodes", "show_uncertainty_overlay": "nodes",
     "apply_result": "nodes", "compute": "nodes", "compute_volume": "nodes", "enhance_volume_node": "nodes",
     # job: the non-blocking run and the logic core
     "JobOutcome": "job", "EnhanceJob": "job", "EnhanceLogic": "job",

@@ -224,12 +224,13 @@ class EnhanceLogic:
     def process(self, inputVolumeNode: Any, task: str = "sr", model: str = "auto", scale: Any = 2,  # noqa: N803
                 device: str = "auto", *, modality: str = "auto", tile: Optional[int] = None,
                 precision: str = "auto", enhancedVolumeNode: Any = None, differenceVolumeNode: Any = None,
-                progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> tuple[Any, Any]:
-        """Blocking: returns (enhancedNode, differenceNode)."""
+                progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+                uncertainty: bool = False, showUncertainty: bool = False) -> tuple[Any, ...]:  # noqa: N803
+        """Blocking: returns (enhancedNode, differenceNode), or with ``uncertainty=True`` also uncertaintyNode."""
         return enhance_volume_node(inputVolumeNode, task=task, model=model, scale=scale, device=device,
                                    progress=progress, cancel=cancel, enhanced_node=enhancedVolumeNode,
                                    difference_node=differenceVolumeNode, modality=modality, tile=tile,
-                                   precision=precision)
+                                   precision=precision, uncertainty=uncertainty, show_uncertainty=showUncertainty)
 
     def processAsync(self, inputVolumeNode: Any, task: str = "sr", model: str = "auto", scale: Any = 2,  # noqa: N802,N803
                      device: str = "auto", *, modality: str = "auto", tile: Optional[int] = None,

@@ -36,7 +36,9 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # ID under which Slicer's colour logic registers Base/Logic/Resources/ColorFiles/DivergingBlueRed.txt.
 DIVERGING_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
 FALLBACK_COLOR_NODE_NAME = "DivergingBlueRed"
-ATTR_ROLE = "MedSREnhance.Role"  # "enhanced" | "difference" | "colors"
+# Slicer's Inferno (Base/Logic/Resources/ColorFiles/Inferno.txt): sequential, for the uncertainty map
+INFERNO_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
+ATTR_ROLE = "MedSREnhance.Role"  # "enhanced" | "difference" | "uncertainty" | "colors" | "colors-sequential"
 ATTR_INPUT = "MedSREnhance.InputNodeID"
 ATTR_MODEL = "MedSREnhance.Model"
 
@@ -141,22 +143,42 @@ def _diverging_colors(n: int = 256) -> np.ndarray:
     return np.stack([np.interp(t, x, stops[:, c]) for c in range(3)], axis=1)
 
 
+def _inferno_colors(n: int = 256) -> np.ndarray:
+    """Black -> purple -> orange -> pale yellow (matplotlib's inferno at 7 stops; n x 3, 0..1)."""
+    stops = np.array([
+        [0.001, 0.000, 0.014], [0.193, 0.039, 0.378], [0.416, 0.090, 0.433], [0.645, 0.173, 0.376],
+        [0.865, 0.317, 0.226], [0.988, 0.645, 0.040], [0.988, 0.998, 0.645],
+    ])
+    x = np.linspace(0.0, 1.0, len(stops))
+    t = np.linspace(0.0, 1.0, n)
+    return np.stack([np.interp(t, x, stops[:, c]) for c in range(3)], axis=1)
+
+
 def diverging_color_node_id(scene: Any) -> str:
     """Slicer's DivergingBlueRed colour table, or an equivalent one made once per scene where it is missing."""
-    if scene.GetNodeByID(DIVERGING_COLOR_NODE_ID) is not None:
-        return DIVERGING_COLOR_NODE_ID
+    return _color_node_id(scene, DIVERGING_COLOR_NODE_ID, "colors", FALLBACK_COLOR_NODE_NAME, _diverging_colors)
+
+
+def inferno_color_node_id(scene: Any) -> str:
+    """Slicer's Inferno colour table, or an equivalent one made once per scene where it is missing."""
+    return _color_node_id(scene, INFERNO_COLOR_NODE_ID, "colors-sequential", "Inferno", _inferno_colors)
+
+
+def _color_node_id(scene: Any, slicer_id: str, role: str, name: str, ramp: Callable[[], np.ndarray]) -> str:
+    if scene.GetNodeByID(slicer_id) is not None:
+        return slicer_id
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
         node = scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode")
-        if node.GetAttribute(ATTR_ROLE) == "colors":
+        if node.GetAttribute(ATTR_ROLE) == role:
             return node.GetID()
     node = slicer.vtkMRMLColorTableNode()
-    node.SetName(FALLBACK_COLOR_NODE_NAME)
+    node.SetName(name)
     node.SetTypeToUser()
-    colors = _diverging_colors()
+    colors = ramp()
     node.SetNumberOfColors(len(colors))
     for i, (r, g, b) in enumerate(colors):
         node.SetColor(i, "", float(r), float(g), float(b), 1.0)
-    node.SetAttribute(ATTR_ROLE, "colors")
+    node.SetAttribute(ATTR_ROLE, role)
     node.SetAttribute("Category", "Continuous")
     scene.AddNode(node)
     return node.GetID()
@@ -195,12 +217,14 @@ def normalised_scale(task: str, scale: Any) -> tuple[float, float, float]:
 
 def _engine_call(volume: Volume, *, task: str, model: str, modality: str, scale: Sequence[float], device: str,
                  tile: Optional[int], precision: str, progress: Optional[ProgressFn],
-                 cancel: Optional[CancelFn]) -> Any:
+                 cancel: Optional[CancelFn], uncertainty: bool = False) -> Any:
     """MedSREnhanceLib.enhance.enhance with the options it supports (imported here: it pulls in torch)."""
     from ..engine.enhance import enhance
 
     kwargs: dict[str, Any] = dict(task=task, model=model, modality=modality, scale=tuple(scale), device=device,
                                   tile=tile or None, progress=progress, cancel=cancel)
+    if uncertainty:
+        kwargs["uncertainty"] = True
     if precision and precision != "auto":
         if "precision" in inspect.signature(enhance).parameters:
             kwargs["precision"] = precision
@@ -251,6 +275,30 @@ def _show_difference(scene: Any, node: Any, difference: Volume) -> None:
     display.SetWindowLevel(window, level)
 
 
+def _show_uncertainty(scene: Any, node: Any, uncertainty: Volume) -> None:
+    """Inferno colours, window 0 .. the 99th percentile."""
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(inferno_color_node_id(scene))
+    window, level = helpers.sequential_window(uncertainty.array)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(window, level)
+
+
+def show_uncertainty_overlay(enhanced_node: Any, uncertainty_node: Any, opacity: float = 0.4) -> int:
+    """Every slice view: the enhanced volume as background, the uncertainty as a foreground overlay. Returns the
+    number of slice views set (0 without views, e.g. in slicer-core)."""
+    scene = enhanced_node.GetScene()
+    count = scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")
+    for i in range(count):
+        composite = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        composite.SetBackgroundVolumeID(enhanced_node.GetID())
+        composite.SetForegroundVolumeID(uncertainty_node.GetID())
+        composite.SetForegroundOpacity(float(opacity))
+    return count
+
+
 def apply_result(
     input_node: Any,
     result: Any,
@@ -259,8 +307,10 @@ def apply_result(
     scale: Sequence[float],
     enhanced_node: Any = None,
     difference_node: Any = None,
-) -> tuple[Any, Any]:
-    """Put an EnhanceResult into the scene as (enhanced, difference) nodes next to ``input_node``.
+    uncertainty_node: Any = None,
+) -> tuple[Any, ...]:
+    """Put an EnhanceResult into the scene as (enhanced, difference) nodes next to ``input_node``, plus an
+    uncertainty node when the result has an uncertainty map: (enhanced, difference, uncertainty).
 
     Must run in the thread that owns the scene. Newly created nodes are removed again if anything fails here.
     """
@@ -277,9 +327,17 @@ def apply_result(
         diff, new = _new_or_reused(scene, difference_node, input_node, "difference", helpers.difference_name(base))
         if new:
             created.append(diff)
-        if enh is diff:
-            raise InputError("enhanced and difference outputs must be different nodes")
-        for node, vol, role in ((enh, result.enhanced, "enhanced"), (diff, result.difference, "difference")):
+        outputs = [(enh, result.enhanced, "enhanced"), (diff, result.difference, "difference")]
+        unc_map = (getattr(result, "extras", None) or {}).get("uncertainty")
+        if unc_map is not None:
+            unc, new = _new_or_reused(scene, uncertainty_node, input_node, "uncertainty",
+                                      helpers.uncertainty_name(base))
+            if new:
+                created.append(unc)
+            outputs.append((unc, unc_map, "uncertainty"))
+        if len({id(node) for node, _, _ in outputs}) < len(outputs):
+            raise InputError("enhanced, difference and uncertainty outputs must be different nodes")
+        for node, vol, role in outputs:
             was_modifying = node.StartModify()
             set_node_from_volume(node, vol)
             node.SetAttribute(ATTR_ROLE, role)
@@ -290,11 +348,13 @@ def apply_result(
             _place_in_hierarchy(scene, input_node, node)
         _copy_display(input_node, enh)
         _show_difference(scene, diff, result.difference)
+        if unc_map is not None:
+            _show_uncertainty(scene, outputs[2][0], unc_map)
     except BaseException:
         for node in created:
             scene.RemoveNode(node)
         raise
-    return enh, diff
+    return tuple(node for node, _, _ in outputs)
 
 
 def compute(
@@ -309,22 +369,26 @@ def compute(
     precision: str = "auto",
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelFn] = None,
+    uncertainty: bool = False,
 ) -> Any:
     """Read the node (scene thread) and run the engine; returns the EnhanceResult, touching no node."""
     return compute_volume(volume_from_node(input_node), task=task, model=model, scale=scale, device=device,
-                          modality=modality, tile=tile, precision=precision, progress=progress, cancel=cancel)
+                          modality=modality, tile=tile, precision=precision, progress=progress, cancel=cancel,
+                          uncertainty=uncertainty)
 
 
 def compute_volume(volume: Volume, *, task: str, model: str = "auto", scale: Any = 1, device: str = "auto",
                    modality: str = "auto", tile: Optional[int] = None, precision: str = "auto",
-                   progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Any:
+                   progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+                   uncertainty: bool = False) -> Any:
     """The engine call alone (safe in a worker thread: no MRML access)."""
     if task not in helpers.TASKS:
         raise InputError(f"unknown task {task!r}; expected one of {', '.join(helpers.TASKS)}")
     if modality == "auto" and volume.metadata.get("modality"):
         modality = volume.metadata["modality"]
     result = _engine_call(volume, task=task, model=model, modality=modality, scale=normalised_scale(task, scale),
-                          device=device, tile=tile, precision=precision, progress=progress, cancel=cancel)
+                          device=device, tile=tile, precision=precision, progress=progress, cancel=cancel,
+                          uncertainty=uncertainty)
     # A cancel that arrives during the last tile still wins: the user asked for the scene to stay as it was.
     if cancel is not None and cancel():
         raise CancelledError("cancelled by the user")
@@ -347,8 +411,13 @@ def enhance_volume_node(
     modality: str = "auto",
     tile: Optional[int] = None,
     precision: str = "auto",
-) -> tuple[Any, Any]:
-    """Enhance ``input_node`` (blocking) and return (enhanced, difference) volume nodes.
+    uncertainty: bool = False,
+    uncertainty_node: Any = None,
+    show_uncertainty: bool = False,
+) -> tuple[Any, ...]:
+    """Enhance ``input_node`` (blocking) and return (enhanced, difference) volume nodes; with ``uncertainty=True``
+    (enhanced, difference, uncertainty): the expected absolute error per voxel, shown with Inferno colours from 0
+    to its 99th percentile, and with ``show_uncertainty`` overlaid on the enhanced volume in every slice view.
 
     Outputs are ``enhanced_node``/``difference_node`` when given, else the nodes an earlier run made for the same
     input and name, else new nodes named ``<input>_SRx2`` / ``<input>_denoised`` and ``<input>_difference``.
@@ -358,6 +427,10 @@ def enhance_volume_node(
     or changed.
     """
     result = compute(input_node, task=task, model=model, scale=scale, device=device, modality=modality, tile=tile,
-                     precision=precision, progress=progress, cancel=cancel)
-    return apply_result(input_node, result, task=task, scale=normalised_scale(task, scale),
-                        enhanced_node=enhanced_node, difference_node=difference_node)
+                     precision=precision, progress=progress, cancel=cancel, uncertainty=uncertainty)
+    nodes = apply_result(input_node, result, task=task, scale=normalised_scale(task, scale),
+                         enhanced_node=enhanced_node, difference_node=difference_node,
+                         uncertainty_node=uncertainty_node)
+    if uncertainty and show_uncertainty:
+        show_uncertainty_overlay(nodes[0], nodes[2])
+    return nodes

@@ -230,6 +230,17 @@ def difference_name(input_name: str) -> str:
     return f"{input_name}_difference"
 
 
+def uncertainty_name(input_name: str) -> str:
+    return f"{input_name}_uncertainty"
+
+
+def sequential_window(array: np.ndarray, percentile: float = 99.0) -> tuple[float, float]:
+    """(window, level) from 0 to the ``percentile`` of a non-negative map (the uncertainty's display)."""
+    top = float(np.percentile(np.asarray(array, dtype=np.float32), percentile)) if np.size(array) else 0.0
+    top = top if top > 0 else 1.0
+    return top, top / 2.0
+
+
 def symmetric_window(array: np.ndarray, percentile: float = 99.5) -> tuple[float, float]:
     """(window, level) centred on 0 that covers ``percentile`` of |difference| (so sign reads as colour)."""
     a = np.abs(np.asarray(array, dtype=np.float32))

@@ -1,0 +1,162 @@
+"""Trust outputs (issue 13): uncertainty calibration and ranking on a case with known error, the data-consistency
+projection, the residual, and the CLI maps with exact grids."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import OBLIQUE, make_volume, to_sitk_image
+from MedSREnhanceLib import cli
+from MedSREnhanceLib.core.acquisition import dirichlet_matrix, profile_matrix
+from MedSREnhanceLib.core.errors import InputError
+from MedSREnhanceLib.core.volume import Volume, resized_geometry
+from MedSREnhanceLib.engine import consistency, uncertainty
+from MedSREnhanceLib.evaluation.calibration import Sample, evaluate, fit
+from MedSREnhanceLib.evaluation.scoring import trust_scores
+from MedSREnhanceLib.simulate import kspace_truncation, slice_profile
+
+torch = pytest.importorskip("torch")
+
+
+def _known_error_samples(seed: int, n_volumes: int = 3) -> list[Sample]:
+    """Volumes whose error is drawn from |N(0, s)| with s a smooth known field that the spread feature sees."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for v in range(n_volumes):
+        s = np.exp(rng.normal(0.0, 0.8, 20000)) * (1 + v)  # per-voxel expected error scale, differs by volume
+        error = np.abs(rng.normal(0.0, s))
+        feats = {"spread": (0.3 * s).astype(np.float32), "grad": rng.random(s.size).astype(np.float32),
+                 "sigma": 0.0}
+        samples.append(Sample(f"v{v}", error, feats))
+    return samples
+
+
+def test_calibration_and_ranking_on_a_known_error() -> None:
+    dev, test = _known_error_samples(0), _known_error_samples(1)
+    constants = fit(dev)
+    assert constants["grad"] <= 0.2  # the uninformative feature is (nearly) left out
+    for row in evaluate(test, constants):  # fitted on one draw, judged on another
+        assert row["spearman"] > 0.5
+        assert 0.8 < row["calibration_ratio"] < 1.25
+
+
+def test_trust_scores_of_a_perfect_and_a_useless_map() -> None:
+    rng = np.random.default_rng(2)
+    scale = np.exp(rng.normal(0, 1, 50000))
+    err = np.abs(rng.normal(0, scale))
+    good = trust_scores(err, scale * np.sqrt(2 / np.pi))  # the expected |error| of each voxel
+    # medians of half-normal draws sit below their means: a perfect expected-error map reads ~0.75, not 1
+    assert good["spearman"] > 0.5 and 0.6 < good["calibration_ratio"] < 1.0
+    assert abs(trust_scores(err, rng.random(err.size))["spearman"]) < 0.05
+
+
+def test_uncertainty_map_combines_on_the_output_grid() -> None:
+    vol = make_volume(shape_zyx=(9, 10, 11))
+    spread = vol.with_array(np.full(vol.array.shape, 2.0, np.float32))
+    unc = uncertainty.estimate(vol, spread, vol, {"spread": 1.0, "scale": 0.5})
+    assert unc.array.shape == vol.array.shape and unc.origin == vol.origin
+    np.testing.assert_allclose(unc.array, 1.0, rtol=1e-5)  # scale x spread where the other weights are 0
+
+
+@pytest.mark.parametrize("kind,scale", [("kspace", (2.0, 2.0, 2.0)), ("kspace", (1.0, 3.0, 2.0)),
+                                        ("gaussian", (1.0, 1.0, 4.0))])
+def test_projection_reproduces_the_input_and_keeps_the_grid(kind: str, scale: tuple[float, ...]) -> None:
+    hr = make_volume(shape_zyx=(24, 18, 20), direction=OBLIQUE, kind="random")
+    lr = kspace_truncation(hr, scale) if kind == "kspace" else slice_profile(hr, 2, scale[2])
+    size, spacing, origin = resized_geometry(lr, scale)
+    guess = Volume(np.random.default_rng(1).random(size[::-1]).astype(np.float32), spacing, origin, lr.direction)
+    out = consistency.project(guess, lr, scale, kind)
+    assert out is not None
+    assert out.array.shape == guess.array.shape and out.spacing == guess.spacing and out.origin == guess.origin
+    again = consistency.degrade(out, scale, kind, lr.array.shape)
+    span = float(np.ptp(lr.array))
+    assert np.sqrt(np.mean((again - lr.array) ** 2)) / span < 1e-5  # float tolerance
+    # a second projection changes nothing: it is a projection
+    np.testing.assert_allclose(consistency.project(out, lr, scale, kind).array, out.array, atol=1e-4 * span)
+
+
+def test_operators_are_the_ones_simulate_degrades_with() -> None:
+    hr = make_volume(shape_zyx=(16, 12, 14), kind="random")
+    lr = kspace_truncation(hr, (2, 2, 2))
+    np.testing.assert_allclose(consistency.degrade(hr, (2.0, 2.0, 2.0), "kspace", lr.array.shape), lr.array,
+                               atol=1e-4)
+    assert dirichlet_matrix(14, 2).shape == (7, 14) and profile_matrix(16, 4, 4, "gaussian").shape == (4, 16)
+
+
+def test_enhance_sr_is_consistent_and_maps_sit_on_their_grids() -> None:
+    from MedSREnhanceLib import enhance
+
+    torch.set_num_threads(1)
+    lr = kspace_truncation(make_volume(shape_zyx=(24, 22, 20), direction=OBLIQUE), (2, 2, 2))
+    result = enhance(lr, task="sr", model="mr-sr-x2", scale=2, uncertainty=True, consistency=True)
+    unc, res = result.extras["uncertainty"], result.extras["residual"]
+    assert unc.array.shape == result.enhanced.array.shape and unc.origin == result.enhanced.origin
+    assert res.array.shape == lr.array.shape and res.origin == lr.origin and res.spacing == lr.spacing
+    assert consistency.relative_rms(res, lr) < 1e-5
+    assert np.all(unc.array >= 0) and float(unc.array.max()) > 0
+    off = enhance(lr, task="sr", model="mr-sr-x2", scale=2)  # off by default for the k-space models (README)
+    assert consistency.relative_rms(off.extras["residual"], lr) > 1e-4
+    assert "uncertainty" not in off.extras
+
+
+def test_through_plane_projects_by_default_and_the_cli_can_switch_it_off(tmp_path: Path) -> None:
+    from MedSREnhanceLib import enhance, read_volume
+
+    thick = slice_profile(make_volume(shape_zyx=(32, 14, 13), direction=OBLIQUE), 2, 4.0)
+    assert consistency.relative_rms(enhance(thick, task="sr", scale=(1, 1, 4)).extras["residual"], thick) < 1e-5
+    src, out, res = tmp_path / "thick.nrrd", tmp_path / "thin.nrrd", tmp_path / "res.nrrd"
+    sitk.WriteImage(to_sitk_image(thick), str(src))
+    assert cli.main(["enhance", str(src), str(out), "--scale", "1,1,4", "--no-consistency", "--residual", str(res),
+                     "--quiet"]) == 0
+    assert consistency.relative_rms(read_volume(res), thick) > 1e-4
+
+
+def test_denoise_residual_is_the_removed_component() -> None:
+    from MedSREnhanceLib import enhance
+
+    vol = make_volume(shape_zyx=(12, 13, 14))
+    result = enhance(vol, task="denoise", model="gaussian")
+    np.testing.assert_allclose(result.extras["residual"].array, vol.array - result.enhanced.array, atol=1e-5)
+
+
+def test_classical_models_refuse_uncertainty() -> None:
+    from MedSREnhanceLib import enhance
+
+    with pytest.raises(InputError, match="uncertainty is not available for classical model bspline"):
+        enhance(make_volume(shape_zyx=(8, 8, 8)), task="sr", model="bspline", scale=2, uncertainty=True)
+
+
+def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """Size and the physical positions of the first and last voxel centres (SimpleITK)."""
+    image = sitk.ReadImage(str(path))
+    last = [n - 1 for n in image.GetSize()]
+    return (image.GetSize(), np.asarray(image.TransformIndexToPhysicalPoint([0, 0, 0])),
+            np.asarray(image.TransformIndexToPhysicalPoint(last)))
+
+
+def test_cli_writes_both_maps_on_exact_grids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.nii.gz"
+    sitk.WriteImage(to_sitk_image(make_volume(shape_zyx=(10, 12, 11), direction=OBLIQUE)), str(src))
+    out, unc, res = tmp_path / "out.nii.gz", tmp_path / "unc.nrrd", tmp_path / "res.nii.gz"
+    assert cli.main(["enhance", str(src), str(out), "--model", "mr-sr-x2", "--scale", "2", "--uncertainty", str(unc),
+                     "--residual", str(res), "--device", "cpu"]) == 0
+    assert "residual (input minus the output degraded back) RMS" in capsys.readouterr().err
+    for a, b in ((_grid(unc), _grid(out)), (_grid(res), _grid(src))):
+        assert a[0] == b[0]
+        np.testing.assert_allclose(a[1], b[1], atol=1e-4)
+        np.testing.assert_allclose(a[2], b[2], atol=1e-4)
+
+
+def test_cli_classical_model_refuses_uncertainty_in_one_line(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.nii.gz"
+    sitk.WriteImage(to_sitk_image(make_volume(shape_zyx=(8, 9, 10))), str(src))
+    out = tmp_path / "out.nii.gz"
+    assert cli.main(["enhance", str(src), str(out), "--model", "bspline", "--scale", "2",
+                     "--uncertainty", str(tmp_path / "u.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["medsr: error: uncertainty is not available for classical model bspline"]
+    assert not out.exists() and not (tmp_path / "u.nii.gz").exists()
