@@ -316,8 +316,8 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=None, help="tile edge in input voxels (default: from free memory)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     p.add_argument("--difference", action="store_true", help="also write <name>_..._difference maps")
-    p.add_argument("--uncertainty", action="store_true", help="also write uncertainty maps (refused: the "
-                   "engine does not produce them yet)")
+    p.add_argument("--uncertainty", action="store_true", help="also write <name>_..._uncertainty maps (expected "
+                   "absolute error per voxel; learned models only)")
     p.add_argument("--format", choices=["nii.gz", "nii", "nrrd", "mha"], default="nii.gz", help="output format")
     p.add_argument("--recursive", action="store_true", help="search folder INPUTs at any depth")
     p.add_argument("--force", action="store_true", help="redo cases whose sidecar says they are up to date")

@@ -214,7 +214,7 @@ def test_cli_exit_codes_and_quiet(tmp_path: Path, run_medsr) -> None:
     proc = run_medsr("batch", cohort, "--out", out, "--scale", "2", "--model", "bspline", "--scheduler", "none")
     assert proc.returncode == 0, proc.stderr
     assert "0 done, 3 skipped, 0 failed" in proc.stderr
-    for args in (["--out", out, "--model", "nope"], ["--out", out, "--uncertainty"], ["--out", out, "--format", "png"],
+    for args in (["--out", out, "--model", "nope"], ["--out", out, "--model", "bspline", "--uncertainty"], ["--out", out, "--format", "png"],
                  ["--scheduler", "none"]):  # the last without --out
         proc = run_medsr("batch", cohort, "--scale", "2", *args, timeout=60)
         assert proc.returncode == 2, (args, proc.stderr)
@@ -362,3 +362,20 @@ def test_each_worker_loads_a_learned_model_once(tmp_path: Path, cluster) -> None
     used = {w: sum(after[w]) - sum(before.get(w, (0, 0))) for w in after}
     assert all(n <= 1 for n in loaded.values()), loaded  # the network is loaded once per worker process ...
     assert sum(used.values()) == 4, used  # ... and used by all four cases
+
+
+def test_uncertainty_maps_written_beside_the_outputs_and_part_of_the_resume_key(tmp_path: Path) -> None:
+    """A learned denoiser with --uncertainty writes <name>_denoised_uncertainty on the output grid; a re-run
+    without it is not a match for the sidecar (the options changed), with it everything is skipped."""
+    cohort = _cohort(tmp_path, n=1, corrupt=False)
+    out = tmp_path / "out"
+    options = dict(task="denoise", model="mr-denoise", modality="mr", scheduler="none", threads=1)
+    results = run_batch([cohort], out, uncertainty=True, **options)
+    assert [r.status for r in results] == ["done"], [r.message for r in results]
+    enhanced = sitk.ReadImage(str(out / "s0_denoised.nii.gz"))
+    unc = sitk.ReadImage(str(out / "s0_denoised_uncertainty.nii.gz"))
+    assert unc.GetSize() == enhanced.GetSize() and unc.GetSpacing() == enhanced.GetSpacing()
+    assert unc.GetOrigin() == enhanced.GetOrigin() and unc.GetDirection() == enhanced.GetDirection()
+    assert float(sitk.GetArrayViewFromImage(unc).min()) >= 0.0
+    assert [r.status for r in run_batch([cohort], out, uncertainty=True, **options)] == ["skipped"]
+    assert [r.status for r in run_batch([cohort], out, **options)] == ["done"]

@@ -93,11 +93,13 @@ def process_case(case: Case, options: dict[str, Any], input_sha: str, threads: O
         with limited_threads(threads, options["model"]):
             out = enhance(volume, task=case.task, model=options["model"], modality=options["modality"],
                           scale=case.scale, device=options["device"], tile=options["tile"],
-                          precision=options["precision"], progress=progress)
+                          precision=options["precision"], progress=progress,
+                          uncertainty=case.uncertainty is not None)
         result.model = out.model
         for path in sidecar.outputs_of(case):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        items = [(out.enhanced, case.output)] + ([(out.difference, case.difference)] if case.difference else [])
+        maps = ((out.difference, case.difference), (out.extras.get("uncertainty"), case.uncertainty))
+        items = [(out.enhanced, case.output)] + [(vol, path) for vol, path in maps if path]
         write_volumes(items)  # all or nothing, each file renamed into place only when whole
         seconds = time.perf_counter() - t0
         sidecar.write(case, options, input_sha, out.model, seconds, out.ran_on, out.messages, __version__)

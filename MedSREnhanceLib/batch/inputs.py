@@ -2,7 +2,7 @@
 output path in DIR.
 
 Naming: ``<name>_SRx2.nii.gz`` (``_SRx1x1x4`` for per-axis factors), ``<name>_denoised.nii.gz``; the difference map
-adds ``_difference``. A file found inside a folder INPUT keeps its sub-folder below DIR, so cohorts laid out as
+adds ``_difference``, the uncertainty map ``_uncertainty``. A file found inside a folder INPUT keeps its sub-folder below DIR, so cohorts laid out as
 ``sub-01/anat/T1w.nii.gz`` do not collide. Missing or unmatched command-line INPUTs are usage errors; a bad CSV row
 becomes a failed case (a CSV is data, the command line is the request).
 """
@@ -34,6 +34,7 @@ class Case:
     scale: str  # as requested: "2" or "1,1,4"
     difference: Optional[str] = None  # path of the difference map, when asked
     error: str = ""  # a CSV row that cannot run (recorded as failed without being submitted)
+    uncertainty: Optional[str] = None  # path of the uncertainty map, when asked
 
 
 @dataclass
@@ -169,7 +170,7 @@ def output_suffix(task: str, scale: str) -> str:
 
 
 def plan_cases(sources: Iterable[Source], out_dir: Path, task: str, scale: str, fmt: str,
-               difference: bool) -> list[Case]:
+               difference: bool, uncertainty: bool = False) -> list[Case]:
     """One Case per source; two cases writing the same output is a usage error naming both inputs."""
     if fmt not in FORMATS:
         raise InputError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -199,11 +200,12 @@ def plan_cases(sources: Iterable[Source], out_dir: Path, task: str, scale: str, 
             out = out_dir / s.subdir / f"{stem}{suffix}{ext}"
             base_path = out_dir / s.subdir / f"{stem}{suffix}"
         diff = f"{base_path}_difference{ext}" if difference else None
-        for target in [str(out)] + ([diff] if diff else []):
+        unc = f"{base_path}_uncertainty{ext}" if uncertainty else None
+        for target in [str(out)] + [m for m in (diff, unc) if m]:
             if target in owners:
                 raise InputError(f"{owners[target]} and {s.path} would both write {target}; give them an "
                                  "'output' column in a CSV or keep them in separate folder INPUTs")
             owners[target] = str(s.path)
         # Absolute but not resolved: the summary names inputs as the user knows them (links included).
-        cases.append(Case(os.path.abspath(s.path), str(out), c_task, c_scale, diff, error))
+        cases.append(Case(os.path.abspath(s.path), str(out), c_task, c_scale, diff, error, unc))
     return cases

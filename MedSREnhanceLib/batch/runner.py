@@ -113,8 +113,6 @@ def run_batch(
     ``on_case`` is called as each case finishes; ``on_tiles`` with tile progress (scheduler "none" only).
     ``case_fn`` replaces the per-case function (tests inject faults through it).
     """
-    if uncertainty:
-        raise InputError("uncertainty maps are not produced by the engine yet; run without --uncertainty")
     if modality not in ("auto", "mr", "ct"):
         raise InputError(f"unknown modality {modality!r}; use mr, ct or auto")
     if precision not in PRECISIONS:
@@ -126,10 +124,13 @@ def run_batch(
     if workers is not None and workers < 1 or threads is not None and threads < 1:
         raise InputError("--workers and --threads must be at least 1")
     if model != "auto":
-        registry.get(model)  # unknown names are usage errors
+        spec = registry.get(model)  # unknown names are usage errors
+        if uncertainty and spec.kind == "classical":
+            raise InputError(f"uncertainty is not available for classical model {spec.name}")
     scale_text = normalise_scale(scale)
     out = Path(out_dir).expanduser().resolve()
-    cases = plan_cases(expand_inputs(inputs, recursive, exclude=out), out, task, scale_text, fmt, difference)
+    cases = plan_cases(expand_inputs(inputs, recursive, exclude=out), out, task, scale_text, fmt, difference,
+                       uncertainty)
     if any(c.task == task and c.scale == scale_text for c in cases):
         check_request(task, scale_text, model)
     cases = [c if c.error or (c.task, c.scale) == (task, scale_text) else _checked(c, model) for c in cases]

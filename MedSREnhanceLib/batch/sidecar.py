@@ -45,11 +45,12 @@ def checksum(path: str | os.PathLike) -> str:
 def case_options(case: Case, options: dict[str, Any]) -> dict[str, Any]:
     """The options that change a case's result (compared on resume)."""
     return {"task": case.task, "scale": case.scale, "model": options["model"], "modality": options["modality"],
-            "precision": options["precision"], "tile": options["tile"], "difference": case.difference is not None}
+            "precision": options["precision"], "tile": options["tile"], "difference": case.difference is not None,
+            "uncertainty": case.uncertainty is not None}
 
 
 def outputs_of(case: Case) -> list[str]:
-    return [case.output] + ([case.difference] if case.difference else [])
+    return [case.output] + [m for m in (case.difference, case.uncertainty) if m]
 
 
 def read(case: Case) -> Optional[dict[str, Any]]:
