@@ -288,3 +288,21 @@ def test_learned_device_errors_are_input_errors(learned) -> None:
         enhance(make_volume(shape_zyx=(5, 6, 7)), task="sr", model="fake-x2", scale=2, device="cuda")
     with pytest.raises(InputError):
         enhance(make_volume(shape_zyx=(5, 6, 7)), task="sr", model="fake-x2", scale=2, device="tpu")
+
+
+def test_ensemble_option_runs_fewer_members_and_restores_the_model() -> None:
+    """ensemble=1 is the plain network, 8 the model's own; the cached network keeps its own size afterwards."""
+    from MedSREnhanceLib.engine.enhance import _load_network
+
+    vol = Volume(np.random.default_rng(0).random((12, 13, 14)).astype(np.float32) * 100, (1.0, 1.0, 1.0),
+                 (0.0, 0.0, 0.0), np.eye(3))
+    full = enhance(vol, task="denoise", model="mr-denoise", device="cpu", precision="fp32")
+    one = enhance(vol, task="denoise", model="mr-denoise", device="cpu", precision="fp32", ensemble=1)
+    again = enhance(vol, task="denoise", model="mr-denoise", device="cpu", precision="fp32", ensemble=8)
+    assert _load_network("mr-denoise").ensemble == 8
+    np.testing.assert_array_equal(again.enhanced.array, full.enhanced.array)
+    assert not np.allclose(one.enhanced.array, full.enhanced.array)
+    assert any("flip ensemble of 1" in m for m in one.messages)
+    with pytest.raises(InputError, match="ensemble"):
+        enhance(vol, task="denoise", model="mr-denoise", device="cpu", ensemble=9)
+    assert _load_network("mr-denoise").ensemble == 8

@@ -8,13 +8,14 @@ if-chains.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -152,15 +153,49 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
     (intensity units, output grid) in ``ctx["spread"]``."""
     # Loading (the torch import, weights, hash check) takes seconds on a cold start: say so before it begins.
     _report(ctx, 0, 0, "loading", f"loading {spec.name}")
-    import torch
-
-    from .inference import autocast_dtype, choose_device, precision_name, run_with_fallback
+    from .inference import choose_device  # imports torch: after the "loading" report
 
     try:
         device = choose_device(ctx["device"])
     except (ValueError, RuntimeError) as exc:
         raise InputError(str(exc)) from None
     net = _load_network(spec.name)
+    with _ensemble_size(net, ctx["ensemble"], spec.name, ctx["messages"]):
+        return _run_network(net, spec, volume, scale, ctx, device)
+
+
+@contextlib.contextmanager
+def _ensemble_size(net: Any, n: Optional[int], name: str, messages: list[str]) -> Iterator[None]:
+    """Run the cached network with ``n`` flip-ensemble members instead of its own number, then restore it.
+
+    Speed against quality: every member is one more full pass (the benchmarks/README_models.md table gives the cost
+    in MACs; the bench the quality of each size)."""
+    full = getattr(net, "ensemble", None)
+    if n is None or n == full:
+        yield
+        return
+    if full is None:
+        messages.append(f"{name} has no flip ensemble: --ensemble does not apply")
+        yield
+        return
+    from ..models.ensemble import check_ensemble  # torch: only here, where a network is loaded
+
+    try:
+        net.ensemble = check_ensemble(n, int(getattr(net, "spatial_dims", 3)))
+    except ValueError as exc:
+        raise InputError(f"--ensemble: {exc}") from None
+    messages.append(f"flip ensemble of {n} instead of the model's {full}")
+    try:
+        yield
+    finally:
+        net.ensemble = full
+
+
+def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, Any], device: Any) -> Volume:
+    import torch
+
+    from .inference import autocast_dtype, precision_name, run_with_fallback
+
     halo = int(getattr(net, "halo", 16))
     width = int(getattr(net, "width", 64))
     array, norm = normalise.forward(_clip_outliers(volume.array, ctx["messages"]), spec.normalisation)
@@ -288,6 +323,7 @@ def enhance(
     force: bool = False,
     uncertainty: bool = False,
     consistency: Optional[bool] = None,
+    ensemble: Optional[int] = None,
 ) -> EnhanceResult:
     """Enhance ``volume``; returns the enhanced volume (output grid), the difference map and ``extras``.
 
@@ -302,6 +338,8 @@ def enhance(
     only). ``consistency``: project an SR model's output so that its acquisition model reproduces the input (None:
     the model's default, ``ModelSpec.consistency_default``).
     ``extras["residual"]`` (input grid) is always there when the output grid nests with the input's.
+    ``ensemble``: flip-ensemble members of a learned model (None: the model's own number, 8 for the bundled
+    models); fewer is proportionally faster (with the uncertainty map, the spread of that many members).
     """
     t0 = time.perf_counter()
     validate(volume)
@@ -355,7 +393,8 @@ def enhance(
     ctx: dict[str, Any] = {"device": device, "tile": tile, "precision": precision,
                            "progress": tracked if progress is not None else None,
                            "cancel": cancel, "messages": messages, "params": params, "t0": t0,
-                           "device_used": "cpu", "precision_used": "", "uncertainty": uncertainty}
+                           "device_used": "cpu", "precision_used": "", "uncertainty": uncertainty,
+                           "ensemble": ensemble}
     logger.info("model %s: %s", spec.name, spec.summary)
     enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
     kind = spec.acquisition or data_consistency.default_acquisition(modality, factors)

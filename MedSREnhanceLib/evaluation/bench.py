@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-angles", type=int, default=None, help="ct-lowdose projection angles (default: Nyquist)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="device for learned models (default: %(default)s)")
+    parser.add_argument("--ensemble", type=int, default=None,
+                        help="flip-ensemble members of the learned models (default: each model's own)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and SimpleITK")
     parser.add_argument("--no-png", action="store_true", help="skip the PNG figures")
     parser.add_argument("--cache", default=None,
@@ -116,7 +118,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     settings = BenchSettings(cases=cases, models=models, crop=args.crop or None, tune_block=args.tune_block,
                              seed=args.seed, photons=args.photons, electronic_noise=args.electronic_noise,
                              n_angles=args.n_angles, device=args.device, png=not args.no_png, cache=args.cache,
-                             command=_command_line(), extra={"threads": args.threads})
+                             command=_command_line(), extra={"threads": args.threads, "ensemble": args.ensemble})
     report = run_bench(volumes, args.out, settings)
     if not args.quiet:
         text = markdown(report)

@@ -103,7 +103,8 @@ def _learned_rows(case: Case, bv: BenchVolume, inp: Any, name: str, scorer: Scor
         variants.append((f"{name} (consistency {'on' if other else 'off'})", "ablation", other))
     rows = []
     for label, kind, consistency in variants:
-        result, seconds = run_learned(inp, case, name, settings.device, consistency=consistency)
+        result, seconds = run_learned(inp, case, name, settings.device, consistency=consistency,
+                                      ensemble=settings.extra.get("ensemble"))
         scores, grid = scorer.score(result.enhanced)
         rows.append({"model": label, "kind": kind, "params": {}, "tuned_for": None, "metrics": scores,
                      "seconds": seconds, "grid": grid, "messages": list(result.messages),
