@@ -362,7 +362,7 @@ def test_progress_bar_shows_stages_counts_and_eta(tmp_path: Path, capsys) -> Non
     src = tmp_path / "in.nii.gz"
     write_volume(make_volume(shape_zyx=(10, 12, 11)), src)
     assert cli.main(["enhance", str(src), str(tmp_path / "o.nii.gz"), "--scale", "2", "--model", "mr-sr-x2",
-                     "--modality", "mr", "--device", "cpu"]) == 0
+                     "--modality", "mr", "--device", "cpu", "--ensemble", "8"]) == 0
     err = capsys.readouterr().err
     assert "loading" in err and "inference" in err
     assert "/8" in err and "left" in err  # 8 ensemble members of the one window, each reported with an ETA

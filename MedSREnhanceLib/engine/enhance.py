@@ -160,7 +160,7 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
     except (ValueError, RuntimeError) as exc:
         raise InputError(str(exc)) from None
     net = _load_network(spec.name)
-    with _ensemble_size(net, ctx["ensemble"], spec.name, ctx["messages"]):
+    with _ensemble_size(net, ctx["ensemble"], spec.name, ctx["messages"] if ctx["ensemble_asked"] else []):
         return _run_network(net, spec, volume, scale, ctx, device)
 
 
@@ -394,7 +394,10 @@ def enhance(
                            "progress": tracked if progress is not None else None,
                            "cancel": cancel, "messages": messages, "params": params, "t0": t0,
                            "device_used": "cpu", "precision_used": "", "uncertainty": uncertainty,
-                           "ensemble": ensemble}
+                           # a plain run uses the model's chosen number of members; an uncertainty map the full
+                           # ensemble its calibration was fitted with (unless asked otherwise)
+                           "ensemble": ensemble if ensemble is not None or uncertainty else spec.default_ensemble,
+                           "ensemble_asked": ensemble is not None}
     logger.info("model %s: %s", spec.name, spec.summary)
     enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
     kind = spec.acquisition or data_consistency.default_acquisition(modality, factors)
