@@ -123,7 +123,7 @@ def _progress_bar(quiet: bool) -> tuple[Any, Callable[[], None]]:
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(unit="tile", desc="enhance", leave=False)
+    bar = tqdm(unit="pass", desc="enhance", leave=False)  # ensemble members of each window
 
     def progress(p: Any) -> None:
         bar.total = p.total
