@@ -137,7 +137,7 @@ def fourier_zerofill(volume: Volume, scale: Scale) -> Volume:
 def comparators(case: Case) -> list[ModelSpec]:
     """The classical methods a user would otherwise run on the case: the task's own, or for a task that keeps the
     grid without classical methods of its own (motion), the same-grid filters that stand in for them."""
-    task = SAME_GRID.get(case.task, case.task) if case.task not in {s.task for s in registry.CLASSICAL} else case.task
+    task = SAME_GRID.get(case.task, case.task)
     return [s for s in registry.CLASSICAL if s.task == task and case.modality in s.modalities]
 
 

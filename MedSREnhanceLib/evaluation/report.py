@@ -234,13 +234,7 @@ def plot_case(case: Case, bv: BenchVolume, gt: Volume, inp: Volume, rows: list[d
         if r is not None:
             sub.append(f"{tag} {r['model']}: {obj} {r['metrics'][obj]:.2f} dB")
     fig.suptitle("   ".join(sub), fontsize=9)
-    fig.tight_layout()
-    png_dir = out_dir / "png"
-    png_dir.mkdir(parents=True, exist_ok=True)
-    path = png_dir / f"{case.name}__{bv.id}.png"
-    _save_palette_png(fig, path)
-    plt.close(fig)
-    return str(path.relative_to(out_dir))
+    return _write_figure(fig, out_dir, f"{case.name}__{bv.id}.png")
 
 
 def plot_trust(case: Case, bv: BenchVolume, gt: Volume, rows: list[dict[str, Any]], outputs: dict[str, Volume],
@@ -273,10 +267,17 @@ def plot_trust(case: Case, bv: BenchVolume, gt: Volume, rows: list[dict[str, Any
     t = row["trust"]
     fig.suptitle(f"{case.name} / {bv.id} / {row['model']}: Spearman {t.get('spearman', float('nan')):.2f}, "
                  f"median |err| / median unc {t.get('calibration_ratio', float('nan')):.2f}", fontsize=9)
+    return _write_figure(fig, out_dir, f"trust__{case.name}__{bv.id}.png")
+
+
+def _write_figure(fig: Any, out_dir: Path, name: str) -> str:
+    """Lay out, write ``out_dir/png/name`` as a palette PNG, close; returns the path relative to ``out_dir``."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     png_dir = out_dir / "png"
     png_dir.mkdir(parents=True, exist_ok=True)
-    path = png_dir / f"trust__{case.name}__{bv.id}.png"
+    path = png_dir / name
     _save_palette_png(fig, path)
     plt.close(fig)
     return str(path.relative_to(out_dir))

@@ -265,25 +265,23 @@ def _copy_display(input_node: Any, node: Any) -> None:
         dst.SetWindowLevel(src.GetWindow(), src.GetLevel())
 
 
-def _show_difference(scene: Any, node: Any, difference: Volume) -> None:
+def _show_map(node: Any, color_node_id: str, window_level: tuple[float, float]) -> None:
+    """A map's display: its colour table and a fixed window (not auto: the window says what the colours mean)."""
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
-    display.SetAndObserveColorNodeID(diverging_color_node_id(scene))
-    window, level = helpers.symmetric_window(difference.array)
+    display.SetAndObserveColorNodeID(color_node_id)
     display.AutoWindowLevelOff()
-    display.SetWindowLevel(window, level)
+    display.SetWindowLevel(*window_level)
+
+
+def _show_difference(scene: Any, node: Any, difference: Volume) -> None:
+    _show_map(node, diverging_color_node_id(scene), helpers.symmetric_window(difference.array))
 
 
 def _show_uncertainty(scene: Any, node: Any, uncertainty: Volume) -> None:
     """Inferno colours, window 0 .. the 99th percentile."""
-    if node.GetDisplayNode() is None:
-        node.CreateDefaultDisplayNodes()
-    display = node.GetDisplayNode()
-    display.SetAndObserveColorNodeID(inferno_color_node_id(scene))
-    window, level = helpers.sequential_window(uncertainty.array)
-    display.AutoWindowLevelOff()
-    display.SetWindowLevel(window, level)
+    _show_map(node, inferno_color_node_id(scene), helpers.sequential_window(uncertainty.array))
 
 
 def show_uncertainty_overlay(enhanced_node: Any, uncertainty_node: Any, opacity: float = 0.4) -> int:
