@@ -16,7 +16,7 @@ from torch import nn  # noqa: E402
 from MedSREnhanceLib.engine import inference  # noqa: E402
 from MedSREnhanceLib.core.errors import CancelledError  # noqa: E402
 from MedSREnhanceLib.engine.inference import (  # noqa: E402
-    auto_tile, autocast_dtype, choose_device, is_oom, run_with_fallback, tiled_apply)
+    auto_tile, autocast_dtype, choose_device, is_oom, run_with_fallback, tile_budget, tiled_apply)
 
 SHAPE = (37, 41, 29)  # odd on every axis, none a multiple of a tile
 
@@ -302,8 +302,9 @@ class FakeGPU:
 def test_oom_halves_the_tile_then_succeeds(monkeypatch, volume: np.ndarray, error: Exception) -> None:
     gpu = FakeGPU(monkeypatch, limit=(16 + 2 * 4) ** 3, error=error)  # fits tile 16 with halo 4, not 32
     messages: list[str] = []
-    out, used = run_with_fallback(volume, gpu.make_net, scale=(2, 2, 2), halo=4, width=8, device=torch.device("cuda"),
-                            precision="fp32", tile=64, messages=messages)
+    out, used = run_with_fallback(volume, gpu.make_net, scale=(2, 2, 2), halo=4,
+                                  floats_per_voxel=8, device=torch.device("cuda"),
+                                  precision="fp32", tile=64, messages=messages)
     assert gpu.calls == [("cuda", 64), ("cuda", 32), ("cuda", 16)]
     assert messages == ["cuda out of memory: retrying with tile 32", "cuda out of memory: retrying with tile 16"]
     assert used == torch.device("cuda")
@@ -314,8 +315,9 @@ def test_oom_at_the_smallest_tile_falls_back_to_cpu(monkeypatch, volume: np.ndar
     gpu = FakeGPU(monkeypatch, limit=10, error=torch.cuda.OutOfMemoryError("CUDA out of memory"))
     messages: list[str] = []
     progress = []
-    out, used = run_with_fallback(volume, gpu.make_net, scale=(2, 2, 2), halo=4, width=8, device=torch.device("cuda"),
-                            precision="fp32", tile=32, messages=messages, min_tile=16, progress=progress.append)
+    out, used = run_with_fallback(volume, gpu.make_net, scale=(2, 2, 2), halo=4,
+                                  floats_per_voxel=8, device=torch.device("cuda"),
+                                  precision="fp32", tile=32, messages=messages, min_tile=16, progress=progress.append)
     assert gpu.calls == [("cuda", 32), ("cuda", 16), ("cpu", 32)]
     assert gpu.built == ["cuda", "cuda", "cpu"]
     assert messages[-1] == "cuda out of memory even with tile 16: running on the CPU"
@@ -328,7 +330,8 @@ def test_oom_at_the_smallest_tile_falls_back_to_cpu(monkeypatch, volume: np.ndar
 def test_non_oom_errors_are_not_retried(monkeypatch, volume: np.ndarray) -> None:
     gpu = FakeGPU(monkeypatch, limit=0, error=RuntimeError("Expected all tensors to be on the same device"))
     with pytest.raises(RuntimeError, match="same device"):
-        run_with_fallback(volume, gpu.make_net, scale=(2, 2, 2), halo=4, width=8, device=torch.device("cuda"),
+        run_with_fallback(volume, gpu.make_net, scale=(2, 2, 2), halo=4,
+                          floats_per_voxel=8, device=torch.device("cuda"),
                           precision="fp32", tile=32)
     assert gpu.calls == [("cuda", 32)]
 
@@ -344,13 +347,14 @@ def test_oom_on_cpu_is_raised_not_looped(volume: np.ndarray) -> None:
         return net
 
     with pytest.raises(RuntimeError, match="out of memory"):
-        run_with_fallback(volume, make_net, scale=(1, 1, 1), halo=2, width=8, device=torch.device("cpu"), tile=16)
+        run_with_fallback(volume, make_net, scale=(1, 1, 1), halo=2,
+                          floats_per_voxel=8, device=torch.device("cpu"), tile=16)
     assert len(calls) == 1
 
 
 def test_run_with_fallback_on_cpu_matches_untiled(volume: np.ndarray) -> None:
     net = FCN(up=(1, 1, 2)).eval()
-    out, used = run_with_fallback(volume, lambda d: net.to(d), scale=(1, 1, 2), halo=net.radius, width=6,
+    out, used = run_with_fallback(volume, lambda d: net.to(d), scale=(1, 1, 2), halo=net.radius, floats_per_voxel=6,
                                   device=torch.device("cpu"), tile=None, precision="fp32")  # tiling, not bf16
     np.testing.assert_allclose(out, untiled(net, volume), atol=1e-5)
 
@@ -412,21 +416,41 @@ def test_bf16_autocast_on_cpu_runs_and_is_close(volume: np.ndarray) -> None:
     assert not np.array_equal(out, ref)  # autocast really ran in bf16
 
 
-def test_auto_tile(monkeypatch) -> None:
+def test_auto_tile_stays_within_the_budget_and_reads_fewest_voxels(monkeypatch) -> None:
     monkeypatch.setattr(inference, "_available_ram", lambda: 64e9)
-    big = auto_tile((400, 400, 400), (1, 1, 1), 32, torch.device("cpu"), 8)
-    monkeypatch.setattr(inference, "_available_ram", lambda: 1e9)
-    small = auto_tile((400, 400, 400), (1, 1, 1), 32, torch.device("cpu"), 8)
-    sr = auto_tile((400, 400, 400), (4, 4, 4), 32, torch.device("cpu"), 8)
-    assert big > small >= sr >= 16
-    assert big % 8 == 0 and small % 8 == 0 and sr % 8 == 0
-    # The working-set estimate of the chosen tile stays within the budget (a quarter of RAM on the CPU).
-    side = small + 2 * 8
-    assert side**3 * 4.0 * (3 * 32 + 4) <= 0.25 * 1e9
-    assert auto_tile((20, 30, 25), (1, 1, 1), 32, torch.device("cpu"), 8) == 30  # never beyond the volume
+    cpu = torch.device("cpu")
+    shape, halo = (160, 256, 256), 24
+    tile = auto_tile(shape, 52, cpu, halo, align=4)
+    assert tile_budget(cpu) == inference.CPU_TILE_BUDGET  # capped, however much RAM there is
+    reads = [n if t >= n else min(n, t + 2 * halo) for n, t in zip(shape, tile)]
+    assert math.prod(reads) * 4 * 52 <= inference.CPU_TILE_BUDGET
+    assert all(t % 4 == 0 for t in tile)
+
+    def voxels_read(t: tuple[int, ...]) -> int:
+        return math.prod(n + 2 * halo * (-(-n // c) - 1) for n, c in zip(shape, t))
+
+    cube = max(c for c in range(4, 257, 4)  # the largest cubic core within the same budget
+               if math.prod(min(n, c + 2 * halo) for n in shape) * 4 * 52 <= inference.CPU_TILE_BUDGET)
+    assert voxels_read(tile) < 0.8 * voxels_read((cube,) * 3)  # non-cubic windows repeat fewer halos
+    assert auto_tile((20, 30, 25), 52, cpu, 8) == (20, 30, 25)  # small volumes: one window, never beyond
+    monkeypatch.setattr(inference, "_available_ram", lambda: 1e9)  # little RAM: a quarter of it
+    small = auto_tile(shape, 52, cpu, halo, align=4)
+    assert math.prod(n if t >= n else t + 2 * halo for n, t in zip(shape, small)) * 4 * 52 <= 0.25e9
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (2e9, 8e9))
-    gpu = auto_tile((400, 400, 400), (2, 2, 2), 64, torch.device("cuda"), 8)
-    assert 16 <= gpu and (gpu + 16) ** 3 * 4.0 * (3 * 64 + 4 * 8) <= 0.5 * 2e9
+    gpu = auto_tile((400, 400, 400), 230, torch.device("cuda"), 8)
+    assert math.prod(min(400, t + 16) for t in gpu) * 4 * 230 <= 0.5 * 2e9
+
+
+def test_auto_tile_oom_on_gpu_replans_smaller(monkeypatch, volume: np.ndarray) -> None:
+    """Without a user tile, each GPU out-of-memory re-plans the windows with half their side, then the CPU."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (4e9, 8e9))
+    gpu = FakeGPU(monkeypatch, limit=(20 + 8) ** 3, error=torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    messages: list[str] = []
+    out, used = run_with_fallback(volume, gpu.make_net, scale=(2, 2, 2), halo=4, floats_per_voxel=8,
+                                  device=torch.device("cuda"), precision="fp32", messages=messages, min_tile=8)
+    assert used == torch.device("cuda") and len(messages) >= 1
+    assert all(m.startswith("cuda out of memory: retrying with tile ") for m in messages)
+    np.testing.assert_allclose(out, untiled(gpu.net, volume), atol=1e-5)
 
 
 @pytest.mark.slow
@@ -464,10 +488,10 @@ def test_run_with_fallback_aligns_tiles_for_downsampling_nets() -> None:
         net.register_forward_pre_hook(lambda m, inp: seen.append(tuple(inp[0].shape[2:])))
         return net.to(d)
 
-    out, _ = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo - 2, width=2,
+    out, _ = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo - 2, floats_per_voxel=2,
                                device=torch.device("cpu"), tile=13, align=net.shift_multiple, precision="fp32")
     assert min(seen) < (70, 61, 58)  # really tiled
     np.testing.assert_allclose(out, whole, atol=1e-4 * float(np.abs(whole).max()))
-    misaligned, _ = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo, width=2,
+    misaligned, _ = run_with_fallback(vol, make_net, scale=(1, 1, 1), halo=net.halo, floats_per_voxel=2,
                                    device=torch.device("cpu"), tile=13, precision="fp32")
     assert np.abs(misaligned - whole).max() > 1e-3 * float(np.abs(whole).max())  # the failure align prevents

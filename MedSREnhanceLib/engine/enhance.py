@@ -41,7 +41,8 @@ SAME_GRID: dict[str, str] = {"denoise": "denoise", "motion": "denoise"}
 @dataclass
 class EnhanceResult:
     enhanced: Volume
-    difference: Volume  # enhanced minus the input resampled (cubic B-spline) onto the output grid
+    # the difference map, or the function computing it on first use (``difference``)
+    _difference: Volume | Callable[[], Volume] = field(repr=False)
     model: str
     task: str
     scale: Scale
@@ -53,6 +54,14 @@ class EnhanceResult:
     extras: dict[str, Volume] = field(default_factory=dict)
     precision: str = ""  # a learned model's forward-pass arithmetic: "fp32", "bf16" or "fp16" autocast
     dtype: str = "float32"  # the voxel type to store ``enhanced`` in (its values already fit it)
+
+    @property
+    def difference(self) -> Volume:
+        """Enhanced minus the input resampled (cubic B-spline) onto the output grid. Computed on first use: the
+        resampling takes seconds on a large SR output, and a CLI run without --difference never needs it."""
+        if callable(self._difference):
+            self._difference = self._difference()
+        return self._difference
 
     @property
     def ran_on(self) -> str:
@@ -196,8 +205,7 @@ def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: d
 
     from .inference import autocast_dtype, precision_name, run_with_fallback
 
-    halo = int(getattr(net, "halo", 16))
-    width = int(getattr(net, "width", 64))
+    halo = int(getattr(net, "tile_halo", getattr(net, "halo", 16)))  # tile_halo: where the net allows less
     array, norm = normalise.forward(_clip_outliers(volume.array, ctx["messages"]), spec.normalisation)
     if "noise_percent" in norm:
         logger.info("noise level estimated: %.2f %% of the 99.5th percentile", norm["noise_percent"])
@@ -205,12 +213,17 @@ def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: d
         logger.info("noise level estimated: %.1f HU (soft tissue)", norm["noise_hu"])
 
     def make_net(dev: torch.device) -> Any:
-        return _WithSpread(net.to(dev)) if ctx["uncertainty"] else net.to(dev)
+        # channels-last weights make oneDNN run the whole net in NDHWC, where the net says that is faster
+        moved = net.to(dev, memory_format=torch.channels_last_3d) if getattr(net, "channels_last", False) \
+            else net.to(dev)
+        return _WithSpread(moved) if ctx["uncertainty"] else moved
 
     def split(out: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         return (out[0], out[1]) if ctx["uncertainty"] else (out, None)
 
-    common = dict(halo=halo, width=width, device=device, precision=ctx["precision"], tile=ctx["tile"],
+    # peak floats per voxel a window reads (feature maps and output); unknown nets: 64 channels x 3 + output
+    floats = float(getattr(net, "working_floats", 3 * 64 + 4 * max(spec.scales or (1.0,)) ** 3))
+    common = dict(halo=halo, floats_per_voxel=floats, device=device, precision=ctx["precision"], tile=ctx["tile"],
                   progress=ctx["progress"], cancel=ctx["cancel"], messages=ctx["messages"],
                   align=int(getattr(net, "shift_multiple", 1)))
     factor = 1
@@ -407,11 +420,14 @@ def enhance(
         enhanced = _project(spec, volume, enhanced, factors, messages)
     last = reports[-1] if reports else None  # what the run finished: the final report keeps its count
     done = last.total if last is not None and last.total else 1
-    _report(ctx, done, done, "finishing", "difference map")
+    _report(ctx, done, done, "finishing", "residual map")
     out_dtype = str(volume.metadata.get("dtype", "float32")) if dtype == "keep" else "float32"
     enhanced = _keep_dtype(enhanced, out_dtype, messages)
-    reference = volume if task in SAME_GRID else resample_to(volume, enhanced, "bspline")
-    difference = enhanced.with_array(enhanced.array - reference.array)
+
+    def difference() -> Volume:
+        reference = volume if task in SAME_GRID else resample_to(volume, enhanced, "bspline")
+        return enhanced.with_array(enhanced.array - reference.array)
+
     extras: dict[str, Volume] = {}
     residual = data_consistency.residual(volume, enhanced, task, factors, kind)
     if residual is not None:

@@ -224,25 +224,55 @@ class _nullcontext:
         return None
 
 
-def auto_tile(
-    shape: Sequence[int], scale: Sequence[int], width: int, device: torch.device, halo: int
-) -> int:
-    """Largest cubic core (multiple of 8) whose working set fits a fraction of the free memory.
+# Working set of one window on the CPU (bytes): the whole `medsr enhance` process must stay within 1 GiB plus 4x
+# the output's float32 bytes (issue 16); the interpreter, torch and the full-size volumes take ~0.5 GiB of that.
+# Larger windows hardly run faster per voxel (benchmarks/README_models.md), they only repeat fewer halos.
+CPU_TILE_BUDGET = 384 * 2**20
 
-    Working set per read voxel ~ 4 bytes x (3 live feature maps of ``width`` channels + scale^3 output voxels
-    x 4 for the upsampling tail). GPU: half the free memory; CPU: a quarter of available RAM, capped at 4 GB
-    so the rest of Slicer keeps room.
-    """
+
+def tile_budget(device: torch.device) -> float:
+    """Bytes one window may use: half the free GPU memory; on the CPU a quarter of the available RAM, at most
+    ``CPU_TILE_BUDGET``."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        budget = free * 0.5
-    else:
-        budget = min(_available_ram() * 0.25, 4e9)
-    per_voxel = 4.0 * (3 * width + 4 * math.prod(scale))
-    voxels = budget / per_voxel
-    side = int(voxels ** (1 / 3)) - 2 * halo
-    side = max(16, (side // 8) * 8)
-    return min(side, max(shape))
+        return free * 0.5
+    return min(_available_ram() * 0.25, CPU_TILE_BUDGET)
+
+
+def _axis_options(n: int, halo: int, align: int, max_windows: int = 16) -> list[tuple[int, int, int]]:
+    """(core, read, voxels read along the axis) for 1..max_windows windows along an axis of ``n`` voxels."""
+    options = {}
+    for count in range(1, max_windows + 1):
+        core = -(-(-(-n // count)) // align) * align
+        windows = -(-n // core)
+        if core in options or (windows > 1 and core < 2 * align):
+            continue
+        read = n if windows == 1 else min(n, core + 2 * halo)
+        options[core] = (core, read, n + 2 * halo * (windows - 1))  # every inner boundary reads both halos
+    return list(options.values())
+
+
+def auto_tile(shape: Sequence[int], floats_per_voxel: float, device: torch.device, halo: int, align: int = 1,
+              budget: Optional[float] = None) -> tuple[int, int, int]:
+    """Per-axis core sizes that read the fewest voxels (cores plus the halos each window repeats) while every
+    window's working set, ``4 * floats_per_voxel`` bytes per voxel it reads, stays within ``budget`` (default:
+    ``tile_budget(device)``). Tiles need not be cubes: an axis kept whole repeats no halo at all.
+    ``floats_per_voxel``: the net's ``working_floats`` (its peak feature maps per input voxel, output included)."""
+    budget = tile_budget(device) if budget is None else budget
+    limit = budget / (4.0 * floats_per_voxel)
+    axes = [_axis_options(int(n), halo, align) for n in shape]
+    best: Optional[tuple[float, int, tuple[int, int, int]]] = None
+    for a in axes[0]:
+        for b in axes[1]:
+            for c in axes[2]:
+                if a[1] * b[1] * c[1] > limit:
+                    continue
+                windows = math.prod(-(-int(n) // o[0]) for n, o in zip(shape, (a, b, c)))
+                key = (a[2] * b[2] * c[2], windows, (a[0], b[0], c[0]))
+                best = key if best is None or key[:2] < best[:2] else best
+    if best is None:  # not even the smallest windows fit: the smallest there are
+        return tuple(min(o[0] for o in opts) for opts in axes)  # type: ignore[return-value]
+    return best[2]
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -252,13 +282,17 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def tile_text(tile: int | Sequence[int]) -> str:
+    return str(tile) if isinstance(tile, int) else "x".join(str(t) for t in tile)
+
+
 def run_with_fallback(
     array: np.ndarray,
     make_net: Callable[[torch.device], Net],
     *,
     scale: tuple[int, int, int],
     halo: int,
-    width: int,
+    floats_per_voxel: float,
     device: torch.device,
     precision: str = "auto",
     tile: Optional[int] = None,
@@ -269,21 +303,26 @@ def run_with_fallback(
     min_tile: int = 16,
     align: int = 1,
 ) -> tuple[np.ndarray, torch.device]:
-    """``tiled_apply`` that survives GPU out-of-memory: halve the tile until ``min_tile``, then run on the CPU.
-    Returns the output and the device it was computed on.
+    """``tiled_apply`` that survives GPU out-of-memory: smaller tiles until ``min_tile``, then the CPU. Returns
+    the output and the device it was computed on.
 
-    Every fallback is appended to ``messages`` so the CLI and the Slicer panel can say what happened. ``align``:
-    tile cores and the halo are rounded up to multiples of it (a net with 2**k downsampling is shift-equivariant
-    only by multiples of 2**k, so tiles must start on that grid to match the whole-volume result).
+    ``tile``: a cubic core from the user, halved on each out-of-memory; None: ``auto_tile`` plans the windows
+    and each out-of-memory halves the side of its windows. Every fallback is appended to ``messages`` so the CLI and the
+    Slicer panel can say what happened. ``align``: tile cores and the halo are rounded up to multiples of it (a
+    net with 2**k downsampling is shift-equivariant only by multiples of 2**k, so tiles must start on that grid
+    to match the whole-volume result).
     """
     notes = messages if messages is not None else []
     halo = -(-halo // align) * align
-    current = tile or auto_tile(array.shape, scale, width, device, halo)
+
+    def plan(dev: torch.device, budget: Optional[float] = None) -> tuple[int, int, int]:
+        return auto_tile(array.shape, floats_per_voxel, dev, halo, align, budget)
+
+    current: int | tuple[int, int, int] = -(-tile // align) * align if tile else plan(device)
     while True:
-        current = -(-current // align) * align
         try:
             net = make_net(device)
-            logger.info("tiled inference on %s, tile %d, halo %d", device, current, halo)
+            logger.info("tiled inference on %s, tile %s, halo %d", device, tile_text(current), halo)
             out = tiled_apply(
                 array, net, scale=scale, tile=current, halo=halo, mode=mode, device=device,
                 dtype=autocast_dtype(device, precision), progress=progress, cancel=cancel,
@@ -294,11 +333,17 @@ def run_with_fallback(
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            if current // 2 >= min_tile:
-                current //= 2
-                notes.append(f"{device} out of memory: retrying with tile {current}")
+            if isinstance(current, int):
+                smaller: int | tuple[int, int, int] = -(-(current // 2) // align) * align
             else:
-                notes.append(f"{device} out of memory even with tile {current}: running on the CPU")
+                used = math.prod(min(n, c + 2 * halo) for n, c in zip(array.shape, current)) * 4.0 * floats_per_voxel
+                smaller = plan(device, used / 8)  # windows of about half the side
+            small = smaller if isinstance(smaller, int) else max(smaller)
+            if small >= min_tile and smaller != current:
+                current = smaller
+                notes.append(f"{device} out of memory: retrying with tile {tile_text(current)}")
+            else:
+                notes.append(f"{device} out of memory even with tile {tile_text(current)}: running on the CPU")
                 device = torch.device("cpu")
-                current = tile or auto_tile(array.shape, scale, width, device, halo)
+                current = -(-tile // align) * align if tile else plan(device)
             logger.warning(notes[-1])

@@ -43,14 +43,23 @@ class ThroughPlaneNet(nn.Module):
         dil = tuple(int(d) for d in dilations)
         self.net2d = SliceNet2d(channels, dil)
         self.spatial_dims = spatial_dims
-        self.slice_batch = slice_batch  # slices per 2D batch: bounds memory on large volumes
+        self.slice_batch = slice_batch  # at most this many slices per 2D batch
+        self.channels = channels
         self.halo: int = sum(dil)
+        # Peak floats per input voxel of a window: the input, both orientations' outputs and their stack (the 2D
+        # feature maps are bounded by ``slice_batch``, not by the window)
+        self.working_floats: float = 6
         self.scale_factors: tuple[int, ...] = (1,) * spatial_dims  # input already on the output grid
 
+    def _batch(self, d: int, length: int) -> int:
+        """Slices per 2D batch: ``slice_batch``, fewer where their feature maps (about three of ``channels``)
+        would pass 2**25 floats (128 MiB): memory stays bounded however large the window."""
+        return max(1, min(self.slice_batch, 2**25 // (3 * self.channels * d * length)))
+
     def _run_slices(self, x: torch.Tensor, offset: int = 0, total: int = 0) -> torch.Tensor:
-        # x: (B, 1, D, L) slices; run in chunks of slice_batch, each reported as one step of ``total``
+        # x: (B, 1, D, L) slices; run in batches, each reported as one step of ``total``
         out = []
-        for i, chunk in enumerate(torch.split(x, self.slice_batch)):
+        for i, chunk in enumerate(torch.split(x, self._batch(*x.shape[2:]))):
             out.append(self.net2d(chunk))
             if total:
                 report_step(offset + i + 1, total)
@@ -66,7 +75,7 @@ class ThroughPlaneNet(nn.Module):
         n, c, d, h, w = x.shape
         # (D, H) slices: one per W index
         dh = x.permute(0, 4, 1, 2, 3).reshape(n * w, c, d, h)  # (N*W, 1, D, H)
-        batches = -(-n * w // self.slice_batch), -(-n * h // self.slice_batch)
+        batches = -(-n * w // self._batch(d, h)), -(-n * h // self._batch(d, w))
         dh = self._run_slices(dh, 0, sum(batches)).reshape(n, w, c, d, h).permute(0, 2, 3, 4, 1)  # (N, 1, D, H, W)
         # (D, W) slices: one per H index
         dw = x.permute(0, 3, 1, 2, 4).reshape(n * h, c, d, w)  # (N*H, 1, D, W)
