@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from typing import Any, Iterator, Optional, Sequence
 
@@ -49,8 +50,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             _error(f"{flag} {path} is the same file as {seen[os.path.realpath(path)]}")
             return EXIT_BAD_INPUT
         seen[os.path.realpath(path)] = flag
+    t_read = time.perf_counter()
     volume = read_volume(args.input, series_uid=args.series_uid)
     validate(volume, f"input {args.input}")
+    t_read = time.perf_counter() - t_read
     bar: Any = None
 
     def progress(p: Any) -> None:
@@ -88,7 +91,12 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     named = {"--difference": result.difference, "--uncertainty": result.extras.get("uncertainty"),
              "--residual": result.extras.get("residual")}
     outputs = [(result.enhanced, args.output, result.dtype)] + [(named[flag], path) for flag, path in maps.items()]
+    t_write = time.perf_counter()
     write_volumes(outputs)  # all or nothing: no enhanced volume without its requested maps
+    t_write = time.perf_counter() - t_write
+    if args.timings:  # where the time went (issue 16): the file stages here, the engine's own stages
+        stages = {"read": t_read, **result.timings, "write": t_write}
+        sys.stderr.write("medsr: seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) + "\n")
     if not args.quiet:
         for message in result.messages:
             sys.stderr.write(f"medsr: {message}\n")
@@ -105,8 +113,6 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    import time
-
     from .batch import SUMMARY_NAME, run_batch
     from .batch.schedulers import dask_available
 
@@ -302,6 +308,8 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
                    help="voxel type of the enhanced output: float32 (default; enhancement creates values between "
                    "the input's levels) or keep (the input's type: rounded, clipped to its range with a message)")
     p.add_argument("--force", action="store_true", help="enhance an input that looks like a label map")
+    p.add_argument("--timings", action="store_true",
+                   help="print the seconds of each stage (read, normalise, network, ..., write), even with --quiet")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_enhance)
 

@@ -357,6 +357,18 @@ def test_enhance_quiet_prints_nothing(tmp_path: Path, capsys) -> None:
     assert captured.err == "" and captured.out == ""
 
 
+def test_timings_name_every_stage_even_when_quiet(tmp_path: Path, capsys) -> None:
+    src = good_input(tmp_path)
+    assert cli.main(["enhance", str(src), str(tmp_path / "o.nii.gz"), "--task", "denoise", "--model", "mr-denoise",
+                     "--modality", "mr", "--ensemble", "1", "--quiet", "--timings"]) == 0
+    line, = capsys.readouterr().err.splitlines()
+    assert line.startswith("medsr: seconds: read ")
+    stages = dict(part.rsplit(" ", 1) for part in line.split(": ", 2)[2].split(", "))
+    assert list(stages)[0] == "read" and list(stages)[-1] == "write"
+    assert {"load", "normalise", "network", "denormalise", "residual"} <= set(stages)
+    assert all(float(v) >= 0 for v in stages.values())
+
+
 def test_progress_bar_shows_stages_counts_and_eta(tmp_path: Path, capsys) -> None:
     """The bar starts at "loading" (before torch and the weights), then counts ensemble members with an ETA."""
     src = tmp_path / "in.nii.gz"

@@ -85,17 +85,22 @@ CASES: dict[str, tuple[str, Callable[[Volume, np.random.Generator], Volume], lis
 }
 
 
-def run_cli(args: list[str]) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS in bytes and exit code of ``medsr enhance args`` in a child process."""
+def run_cli(args: list[str]) -> tuple[float, int, int, str]:
+    """Wall seconds, peak RSS in bytes, exit code and the stage seconds (``--timings``) of ``medsr enhance args``
+    in a child process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "MedSREnhanceLib.cli", "enhance", *args, "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        sys.stderr.write(proc.stderr.read().decode() if proc.stderr else "")
-    return seconds, usage.ru_maxrss * 1024, proc.returncode  # ru_maxrss is in KiB on Linux
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a full pipe would block the child
+        proc = subprocess.Popen([sys.executable, "-m", "MedSREnhanceLib.cli", "enhance", *args, "--quiet",
+                                 "--timings"], stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(status)
+    stages = next((ln.split(": ", 2)[-1] for ln in text.splitlines() if ln.startswith("medsr: seconds: ")), "")
+    if code:
+        sys.stderr.write(text)
+    return seconds, usage.ru_maxrss * 1024, code, stages  # ru_maxrss is in KiB on Linux
 
 
 def _cpu_name() -> str:
@@ -123,7 +128,7 @@ def main() -> int:
     print(f"{_cpu_name()}, {os.cpu_count()} cores; `medsr enhance --model auto {what}`\n")
     print("| case | input | output | seconds | peak RSS (MiB) | RSS budget (MiB) | within 60 s and budget |")
     print("|---|---|---|---|---|---|---|")
-    failed = 0
+    failed, notes = 0, []
     with tempfile.TemporaryDirectory(prefix="medsr-bench-enhance-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
@@ -138,12 +143,14 @@ def main() -> int:
             for _ in range(args.repeat):
                 maps = ["--difference", str(folder / f"{name}-diff.nii.gz"),
                         "--residual", str(folder / f"{name}-residual.nii.gz")] if args.maps else []
-                seconds, rss, code = run_cli([str(src), str(out), *maps, *cli, *extra])
+                seconds, rss, code, stages = run_cli([str(src), str(out), *maps, *cli, *extra])
+                notes.append(f"- {name}: {stages} (the rest of the {seconds:.1f} s: interpreter start-up, imports)")
                 ok = code == 0 and seconds <= SECONDS_BUDGET and rss <= budget
                 failed += not ok
                 print(f"| {name} ({vol_id}) | {'x'.join(map(str, volume.array.shape[::-1]))} | "
                       f"{'x'.join(map(str, out_shape[::-1]))} | {seconds:.1f} | {rss / 2**20:.0f} | "
                       f"{budget / 2**20:.0f} | {'yes' if ok else 'NO' if code == 0 else f'exit {code}'} |", flush=True)
+    print("\nSeconds per stage (`medsr enhance --timings`):\n" + "\n".join(notes))
     return 1 if failed else 0
 
 

@@ -210,7 +210,8 @@ def bench_model(torch: Any, name: str, block: tuple[int, ...], device: Any, prec
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="all", help="comma-separated learned models (default: all bundled)")
-    parser.add_argument("--block", default="64,128,128", help="output block (z,y,x) actually run (default: %(default)s)")
+    parser.add_argument("--block", default="64,128,128",
+                        help="output block (z,y,x) actually run (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: %(default)s)")
     parser.add_argument("--precisions", help="comma-separated (default: fp32,bf16 on CPU; fp32,fp16,bf16 on CUDA)")

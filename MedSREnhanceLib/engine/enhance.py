@@ -53,6 +53,8 @@ class EnhanceResult:
     # "ensemble_spread" (output grid, when asked for)
     extras: dict[str, Volume] = field(default_factory=dict)
     precision: str = ""  # a learned model's forward-pass arithmetic: "fp32", "bf16" or "fp16" autocast
+    # seconds per stage ("normalise", "network", "denormalise", "residual", ...): where the time went
+    timings: dict[str, float] = field(default_factory=dict)
     dtype: str = "float32"  # the voxel type to store ``enhanced`` in (its values already fit it)
 
     @property
@@ -123,9 +125,20 @@ def _load_network(name: str) -> Any:
 def _run_classical(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, Any]) -> Volume:
     params = {**spec.params, **(ctx["params"] or {})}
     _report(ctx, 0, 1)
-    out = classical.run(spec.method, volume, scale, params)
+    with _timed(ctx, "classical"):
+        out = classical.run(spec.method, volume, scale, params)
     _report(ctx, 1, 1)
     return out
+
+
+@contextlib.contextmanager
+def _timed(ctx: dict[str, Any], stage: str) -> Iterator[None]:
+    """Add the seconds of the block to ``ctx["timings"][stage]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        ctx["timings"][stage] = ctx["timings"].get(stage, 0.0) + time.perf_counter() - t0
 
 
 def _report(ctx: dict[str, Any], done: int, total: int, stage: str = "inference", message: str = "") -> None:
@@ -164,11 +177,12 @@ def _run_learned(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, A
     _report(ctx, 0, 0, "loading", f"loading {spec.name}")
     from .inference import choose_device  # imports torch: after the "loading" report
 
-    try:
-        device = choose_device(ctx["device"])
-    except (ValueError, RuntimeError) as exc:
-        raise InputError(str(exc)) from None
-    net = _load_network(spec.name)
+    with _timed(ctx, "load"):
+        try:
+            device = choose_device(ctx["device"])
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(str(exc)) from None
+        net = _load_network(spec.name)
     with _ensemble_size(net, ctx["ensemble"], spec.name, ctx["messages"] if ctx["ensemble_asked"] else []):
         return _run_network(net, spec, volume, scale, ctx, device)
 
@@ -203,10 +217,11 @@ def _ensemble_size(net: Any, n: Optional[int], name: str, messages: list[str]) -
 def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, Any], device: Any) -> Volume:
     import torch
 
-    from .inference import autocast_dtype, precision_name, run_with_fallback
+    from .inference import autocast_dtype, precision_name
 
     halo = int(getattr(net, "tile_halo", getattr(net, "halo", 16)))  # tile_halo: where the net allows less
-    array, norm = normalise.forward(_clip_outliers(volume.array, ctx["messages"]), spec.normalisation)
+    with _timed(ctx, "normalise"):
+        array, norm = normalise.forward(_clip_outliers(volume.array, ctx["messages"]), spec.normalisation)
     if "noise_percent" in norm:
         logger.info("noise level estimated: %.2f %% of the 99.5th percentile", norm["noise_percent"])
     elif "noise_hu" in norm:
@@ -218,32 +233,53 @@ def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: d
             else net.to(dev)
         return _WithSpread(moved) if ctx["uncertainty"] else moved
 
-    def split(out: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        return (out[0], out[1]) if ctx["uncertainty"] else (out, None)
-
     # peak floats per voxel a window reads (feature maps and output); unknown nets: 64 channels x 3 + output
     floats = float(getattr(net, "working_floats", 3 * 64 + 4 * max(spec.scales or (1.0,)) ** 3))
     common = dict(halo=halo, floats_per_voxel=floats, device=device, precision=ctx["precision"], tile=ctx["tile"],
                   progress=ctx["progress"], cancel=ctx["cancel"], messages=ctx["messages"],
                   align=int(getattr(net, "shift_multiple", 1)))
+    out, grid, used, factor = _tiles(array, volume, spec, scale, make_net, common, ctx)
+    with _timed(ctx, "denormalise"):
+        result = _denormalise(out, grid, norm, volume, spec, scale, factor, ctx)
+    ctx["device_used"] = str(used)
+    ctx["precision_used"] = precision_name(autocast_dtype(used, ctx["precision"]))
+    logger.info("ran on %s in %s", used, ctx["precision_used"])
+    return result
+
+
+def _tiles(array: np.ndarray, volume: Volume, spec: ModelSpec, scale: Scale, make_net: Callable[[Any], Any],
+           common: dict[str, Any], ctx: dict[str, Any]) -> tuple[np.ndarray, Volume, Any, int]:
+    """The tiled network on the normalised array: (output, its grid, the device used, the integer factor run)."""
+    from .inference import run_with_fallback
+
     factor = 1
     if spec.scale_mode == "none":
-        out, used = run_with_fallback(array, make_net, scale=(1, 1, 1), **common)
+        with _timed(ctx, "network"):
+            out, used = run_with_fallback(array, make_net, scale=(1, 1, 1), **common)
         grid = volume
     elif spec.scale_mode == "isotropic":
         factor = min(int(f) for f in spec.scales if f >= scale[0] - 1e-9)
-        out, used = run_with_fallback(array, make_net, scale=(factor,) * 3, **common)
+        with _timed(ctx, "network"):
+            out, used = run_with_fallback(array, make_net, scale=(factor,) * 3, **common)
         grid = empty_like_resized(volume, (factor,) * 3)
     elif spec.scale_mode == "axis":
         axis = next(i for i, s in enumerate(scale) if abs(s - 1.0) > 1e-9)  # index axis i/j/k
-        grid = resample_scale(volume.with_array(array), scale, "bspline")
+        with _timed(ctx, "resample"):
+            grid = resample_scale(volume.with_array(array), scale, "bspline")
         dim = 2 - axis  # the array is (k, j, i)
         moved = np.moveaxis(grid.array, dim, 0)  # slice axis first: the network's D
-        out, used = run_with_fallback(np.ascontiguousarray(moved), make_net, scale=(1, 1, 1), **common)
+        with _timed(ctx, "network"):
+            out, used = run_with_fallback(np.ascontiguousarray(moved), make_net, scale=(1, 1, 1), **common)
         out = np.moveaxis(out, -3, -3 + dim)
     else:
         raise ValueError(f"model {spec.name} has an unknown scale mode {spec.scale_mode!r}")
-    mean, spread = split(out)
+    return out, grid, used, factor
+
+
+def _denormalise(out: np.ndarray, grid: Volume, norm: dict[str, Any], volume: Volume, spec: ModelSpec,
+                 scale: Scale, factor: int, ctx: dict[str, Any]) -> Volume:
+    """Intensity units (and the spread, with an uncertainty map), resampled to a non-integer factor."""
+    mean, spread = (out[0], out[1]) if ctx["uncertainty"] else (out, None)
     result = grid.with_array(normalise.inverse(mean, norm))
     if spread is not None:
         ctx["spread"] = grid.with_array((spread * norm["scale"]).astype(np.float32))
@@ -253,9 +289,6 @@ def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: d
         result = resample_to(result, target, "bspline")
         if "spread" in ctx:
             ctx["spread"] = resample_to(ctx["spread"], target, "linear")
-    ctx["device_used"] = str(used)
-    ctx["precision_used"] = precision_name(autocast_dtype(used, ctx["precision"]))
-    logger.info("ran on %s in %s", used, ctx["precision_used"])
     return _nonnegative(spec, volume, result)
 
 
@@ -410,14 +443,15 @@ def enhance(
                            # a plain run uses the model's chosen number of members; an uncertainty map the full
                            # ensemble its calibration was fitted with (unless asked otherwise)
                            "ensemble": ensemble if ensemble is not None or uncertainty else spec.default_ensemble,
-                           "ensemble_asked": ensemble is not None}
+                           "ensemble_asked": ensemble is not None, "timings": {}}
     logger.info("model %s: %s", spec.name, spec.summary)
     enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
     kind = spec.acquisition or data_consistency.default_acquisition(modality, factors)
     if consistency is None:
         consistency = spec.consistency_default
     if task == "sr" and consistency and spec.acquisition:
-        enhanced = _project(spec, volume, enhanced, factors, messages)
+        with _timed(ctx, "consistency"):
+            enhanced = _project(spec, volume, enhanced, factors, messages)
     last = reports[-1] if reports else None  # what the run finished: the final report keeps its count
     done = last.total if last is not None and last.total else 1
     _report(ctx, done, done, "finishing", "residual map")
@@ -429,16 +463,18 @@ def enhance(
         return enhanced.with_array(enhanced.array - reference.array)
 
     extras: dict[str, Volume] = {}
-    residual = data_consistency.residual(volume, enhanced, task, factors, kind)
+    with _timed(ctx, "residual"):
+        residual = data_consistency.residual(volume, enhanced, task, factors, kind)
     if residual is not None:
         extras["residual"] = residual
     if uncertainty:
         extras["ensemble_spread"] = ctx["spread"]
-        extras["uncertainty"] = uncertainty_map.estimate(enhanced, ctx["spread"], volume,
-                                                         uncertainty_constants(spec, messages))
+        with _timed(ctx, "uncertainty"):
+            extras["uncertainty"] = uncertainty_map.estimate(enhanced, ctx["spread"], volume,
+                                                             uncertainty_constants(spec, messages))
     return EnhanceResult(enhanced, difference, spec.name, task, factors, ctx["device_used"],
                          time.perf_counter() - t0, messages, extras, precision=ctx["precision_used"],
-                         dtype=out_dtype)
+                         dtype=out_dtype, timings=ctx["timings"])
 
 
 def _project(spec: ModelSpec, volume: Volume, enhanced: Volume, factors: Scale, messages: list[str]) -> Volume:
