@@ -5,6 +5,7 @@
 
 Cases (each input made from a real volume of the manifest, written to a temporary folder, never kept):
 - mr-sr-x2: an MR volume resampled to 128x128x80 (2 mm), enhanced to 256x256x160;
+- mr-throughplane-x3 (not one of the issue's three): an MR volume resampled to 256x256x54 (thick slices), to x3;
 - mr-denoise: an MR volume zero-padded/cropped to 256x256x160 with 5 % Rician noise;
 - ct-denoise: a CT volume resampled in-plane and along z to 256x256x160 HU with 25 HU Gaussian noise.
 Each run is a child process (`python -m MedSREnhanceLib.cli enhance ...`: start-up, reading, inference,
@@ -65,6 +66,10 @@ def make_mr_sr(vol: Volume, rng: np.random.Generator) -> Volume:
     return resample_to(vol, _grid(vol, (128, 128, 80)), "linear")
 
 
+def make_mr_thick(vol: Volume, rng: np.random.Generator) -> Volume:
+    return resample_to(vol, _grid(vol, (256, 256, 54)), "linear")
+
+
 def make_mr_denoise(vol: Volume, rng: np.random.Generator) -> Volume:
     clean = _pad_crop(vol.array, (160, 256, 256))
     sigma = 0.05 * float(np.percentile(clean, 99.5))
@@ -81,6 +86,7 @@ def make_ct_denoise(vol: Volume, rng: np.random.Generator) -> Volume:
 CASES: dict[str, tuple[str, Callable[[Volume, np.random.Generator], Volume], list[str]]] = {
     "mr-sr-x2": ("mr_gd", make_mr_sr, ["--task", "sr", "--scale", "2"]),
     "mr-denoise": ("brats_0006_t1c", make_mr_denoise, ["--task", "denoise"]),
+    "mr-throughplane-x3": ("brats_0006_flair", make_mr_thick, ["--task", "sr", "--scale", "1,1,3"]),
     "ct-denoise": ("hn_ct_cerr", make_ct_denoise, ["--task", "denoise"]),
 }
 
@@ -116,7 +122,8 @@ def _cpu_name() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifest", type=Path, help="MANIFEST.json of the data folder")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--cases", default="mr-sr-x2,mr-denoise,ct-denoise",
+                        help=f"comma-separated from {', '.join(CASES)} (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the table shows each")
     parser.add_argument("--extra", default="", help="more `medsr enhance` arguments, e.g. --extra=--ensemble=8")
     parser.add_argument("--maps", action="store_true", help="also write --difference and --residual")
@@ -138,7 +145,8 @@ def main() -> int:
             volume = make(source, np.random.default_rng(0))
             src, out = folder / f"{name}-in.nii.gz", folder / f"{name}-out.nii.gz"
             write_volume(volume, src)
-            out_shape = volume.array.shape if "denoise" in name else tuple(2 * n for n in volume.array.shape)
+            up = (1, 1, 1) if "denoise" in name else (3, 1, 1) if "throughplane" in name else (2, 2, 2)
+            out_shape = tuple(u * n for u, n in zip(up, volume.array.shape))
             budget = GIB + 4 * 4 * int(np.prod(out_shape))
             for _ in range(args.repeat):
                 maps = ["--difference", str(folder / f"{name}-diff.nii.gz"),
