@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from MedSREnhanceLib import enhance  # noqa: E402
 from MedSREnhanceLib.core.volume import Volume  # noqa: E402
 from MedSREnhanceLib.engine.enhance import _load_network  # noqa: E402
+from MedSREnhanceLib.engine.inference import place  # noqa: E402
 from MedSREnhanceLib.models import registry  # noqa: E402
 from MedSREnhanceLib.training.cards import macs_per_output_voxel  # noqa: E402
 
@@ -131,11 +132,10 @@ def layer_table(torch: Any, net: Any, shape: tuple[int, int, int], device: Any, 
 
     handles = [h for m in names for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     ensemble, net.ensemble = getattr(net, "ensemble", None), 1
-    fmt = torch.channels_last_3d if getattr(net, "channels_last", False) else torch.contiguous_format
     x = torch.rand((1, 1) + shape, device=device)
     try:
         with torch.inference_mode():
-            net.to(device, memory_format=fmt)(x)
+            place(net, device)(x)
             times.clear()
             t0 = time.perf_counter()
             net(x)

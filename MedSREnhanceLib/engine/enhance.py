@@ -217,7 +217,7 @@ def _ensemble_size(net: Any, n: Optional[int], name: str, messages: list[str]) -
 def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, Any], device: Any) -> Volume:
     import torch
 
-    from .inference import autocast_dtype, precision_name
+    from .inference import autocast_dtype, place, precision_name
 
     halo = int(getattr(net, "tile_halo", getattr(net, "halo", 16)))  # tile_halo: where the net allows less
     with _timed(ctx, "normalise"):
@@ -228,12 +228,7 @@ def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: d
         logger.info("noise level estimated: %.1f HU (soft tissue)", norm["noise_hu"])
 
     def make_net(dev: torch.device) -> Any:
-        # channels-last weights make oneDNN run the whole net in NHWC / NDHWC, where the net says that is faster
-        if getattr(net, "channels_last", False):
-            rank = max(p.dim() for p in net.parameters())
-            moved = net.to(dev, memory_format=torch.channels_last_3d if rank == 5 else torch.channels_last)
-        else:
-            moved = net.to(dev)
+        moved = place(net, dev)
         return _WithSpread(moved) if ctx["uncertainty"] else moved
 
     # peak floats per voxel a window reads (feature maps and output); unknown nets: 64 channels x 3 + output

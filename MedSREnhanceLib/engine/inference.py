@@ -48,6 +48,15 @@ def choose_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def place(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``net`` on ``device``, its weights channels-last (NHWC / NDHWC) where the net says that runs faster
+    (``net.channels_last``: oneDNN then keeps every feature map in that layout)."""
+    if not getattr(net, "channels_last", False):
+        return net.to(device)
+    rank = max(p.dim() for p in net.parameters())
+    return net.to(device, memory_format=torch.channels_last_3d if rank == 5 else torch.channels_last)
+
+
 def cpu_has_amx(torch_module: Any = torch) -> bool:
     """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later), where bf16 convolutions run on them.
     ``torch_module``: the panel passes the torch it loaded (tests pass stand-ins)."""
