@@ -22,8 +22,9 @@ def lr_positions(n: int, factor: float) -> np.ndarray:
 def apply_axis(array: np.ndarray, matrix: np.ndarray, axis_ijk: int) -> np.ndarray:
     """Contract index axis ``axis_ijk`` (0=i ... 2=k) of a (z, y, x) array with ``matrix`` (m, n)."""
     np_axis = 2 - axis_ijk
-    moved = np.moveaxis(array, np_axis, -1)  # (..., n)
-    out = moved @ matrix.T  # (..., m)
+    moved = np.ascontiguousarray(np.moveaxis(array, np_axis, -1))  # (..., n)
+    # one 2D GEMM: numpy's batched matmul over a strided stack was ~10x slower (2.0 s vs 0.18 s, 160x256x256)
+    out = (moved.reshape(-1, moved.shape[-1]) @ matrix.T).reshape(moved.shape[:-1] + (matrix.shape[0],))
     return np.moveaxis(out, -1, np_axis)
 
 
