@@ -97,7 +97,9 @@ def test_enhance_sr_is_consistent_and_maps_sit_on_their_grids() -> None:
     assert res.array.shape == lr.array.shape and res.origin == lr.origin and res.spacing == lr.spacing
     assert consistency.relative_rms(res, lr) < 1e-5
     assert np.all(unc.array >= 0) and float(unc.array.max()) > 0
-    off = enhance(lr, task="sr", model="mr-sr-x2", scale=2)  # off by default for the k-space models (README)
+    default = enhance(lr, task="sr", model="mr-sr-x2", scale=2)  # on by default: measured on whole volumes
+    assert consistency.relative_rms(default.extras["residual"], lr) < 1e-5
+    off = enhance(lr, task="sr", model="mr-sr-x2", scale=2, consistency=False)
     assert consistency.relative_rms(off.extras["residual"], lr) > 1e-4
     assert "uncertainty" not in off.extras
 
