@@ -1,7 +1,7 @@
 """Inference cost of every bundled learned model through the engine: seconds, achieved GMAC/s against the
 machine's matmul throughput, peak memory, per precision (issue 16).
 
-    python benchmarks/bench_models.py                          # CPU: fp32 and bf16, 2 threads
+    python benchmarks/bench_models.py                          # CPU: fp32 (and bf16 with AMX), 2 threads
     python benchmarks/bench_models.py --device cuda            # a GPU machine: fp32, fp16, bf16, unattended
     python benchmarks/bench_models.py --models mr-denoise --layers   # also where one window's time goes
 
@@ -12,7 +12,8 @@ reads it divided by its scale); seconds are scaled by output voxel count to a 25
 cost linear in voxels). MACs per output voxel are counted on the network with the flip-ensemble members the run
 used (the model's default, or --ensemble). GMAC/s = those MACs x output voxels / seconds of the whole call, set
 against a large fp32/bf16 matmul timed in the same run: the fraction of the machine the convolutions reach.
-Peak memory: the rise of this process's resident memory during the call (CPU), or torch's peak allocation (CUDA).
+Peak memory: this process's resident memory at its peak during the call (CPU: interpreter, torch and the phantom
+included), or torch's peak allocation (CUDA).
 The bf16/fp16 rows also give the output's PSNR against the fp32 output (data range = fp32's 0.5-99.5 percentile
 span), so a speed-up is never read without its accuracy. A failing model prints its error and the run goes on.
 Prints Markdown; writes nothing.
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from MedSREnhanceLib import enhance  # noqa: E402
 from MedSREnhanceLib.core.volume import Volume  # noqa: E402
 from MedSREnhanceLib.engine.enhance import _load_network  # noqa: E402
-from MedSREnhanceLib.engine.inference import place  # noqa: E402
+from MedSREnhanceLib.engine.inference import cpu_has_amx, place  # noqa: E402
 from MedSREnhanceLib.models import registry  # noqa: E402
 from MedSREnhanceLib.training.cards import macs_per_output_voxel  # noqa: E402
 
@@ -89,7 +90,8 @@ def _rss() -> int:
 
 
 def peak_memory(torch: Any, device: Any, fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """(fn(), seconds, peak bytes above the start): torch's peak allocation on CUDA, sampled RSS on the CPU."""
+    """(fn(), seconds, peak bytes): torch's peak allocation above the start on CUDA; on the CPU the process's
+    peak resident memory during the call, sampled (the allocator keeps freed pages, so a rise would read 0)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -97,7 +99,7 @@ def peak_memory(torch: Any, device: Any, fn: Callable[[], Any]) -> tuple[Any, fl
         out = fn()
         seconds = time.perf_counter() - t0
         return out, seconds, float(torch.cuda.max_memory_allocated(device) - base)
-    base, peak, done = _rss(), [0], threading.Event()
+    peak, done = [0], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
@@ -113,7 +115,7 @@ def peak_memory(torch: Any, device: Any, fn: Callable[[], Any]) -> tuple[Any, fl
         seconds = time.perf_counter() - t0
         done.set()
         thread.join()
-    return out, seconds, float(max(peak[0], _rss()) - base)
+    return out, seconds, float(max(peak[0], _rss()))
 
 
 def layer_table(torch: Any, net: Any, shape: tuple[int, int, int], device: Any, rows: int = 12) -> list[str]:
@@ -166,7 +168,9 @@ def bench_model(torch: Any, name: str, block: tuple[int, ...], device: Any, prec
                 ensemble: Optional[int], gemm: dict[str, float]) -> list[str]:
     spec = registry.get(name)
     scale = scale_for(spec)  # (i, j, k); the block is (z, y, x) = (k, j, i)
-    vol = phantom(tuple(max(8, round(b / s)) for b, s in zip(block, scale[::-1])), spec.modalities[0])
+    # at least 32 input voxels per axis: oneDNN's fp32 conv3d ran 4-5x slower per voxel on 16-voxel-deep inputs
+    # here (SRNet: 0.84 s for 16x32x32 against 0.19 s for 32x32x32), which would misstate the x3/x4 models
+    vol = phantom(tuple(max(32, round(b / s)) for b, s in zip(block, scale[::-1])), spec.modalities[0])
     task = "denoise" if spec.task == "denoise" else spec.task
     net = _load_network(name)
     full = getattr(net, "ensemble", None)
@@ -214,7 +218,8 @@ def main() -> int:
                         help="output block (z,y,x) actually run (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: %(default)s)")
-    parser.add_argument("--precisions", help="comma-separated (default: fp32,bf16 on CPU; fp32,fp16,bf16 on CUDA)")
+    parser.add_argument("--precisions",
+                        help="comma-separated (default: fp32,fp16,bf16 on CUDA; fp32 on a CPU, bf16 too with AMX)")
     parser.add_argument("--ensemble", type=int, help="flip-ensemble members (default: each model's own default)")
     parser.add_argument("--layers", action="store_true", help="also time each layer on one 64^3 window, fp32")
     args = parser.parse_args()
@@ -225,7 +230,11 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.stderr.write("bench_models: CUDA is not available here\n")
         return 2
-    precisions = (args.precisions or ("fp32,fp16,bf16" if device.type == "cuda" else "fp32,bf16")).split(",")
+    default = "fp32,fp16,bf16" if device.type == "cuda" else "fp32,bf16" if cpu_has_amx() else "fp32"
+    precisions = (args.precisions or default).split(",")
+    if "bf16" not in precisions and device.type == "cpu":
+        print("bf16 skipped: no AMX on this CPU, where it is emulated (hundreds of times slower); "
+              "--precisions fp32,bf16 runs it anyway")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     gemm = {p: matmul_gmacs(torch, device, dtypes[p]) for p in precisions if p != "fp16" or device.type == "cuda"}
     block = tuple(int(v) for v in args.block.split(","))

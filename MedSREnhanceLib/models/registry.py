@@ -93,13 +93,16 @@ def _denoiser(modality: str, summary: str, sha256: str, normalisation: str) -> M
                      arch="denoiser", builder="Denoiser",
                      kwargs={"channels": 16, "spatial_dims": 3, "negative_slope": 0.1, "ensemble": 8},
                      weights=f"{modality}-denoise.pt", sha256=sha256, card=f"{modality}-denoise.json",
-                     normalisation=normalisation)
+                     # 2 of 8 flips: MR held-out bench 5 %: +0.78..+2.02 dB over the best tuned filter with 2
+                     # members, +0.82..+2.05 with 8 (benchmarks/results/ensemble/denoise-*)
+                     normalisation=normalisation, default_ensemble=2)
 
 
 # Learned models: filled in as they are trained (see weights/*.json for each card).
 LEARNED: tuple[ModelSpec, ...] = (
     # 2 of 8 flips: 4x fewer passes for 0.04-0.07 dB (held-out SR x2 bench: +1.24..+1.85 dB over tuned sinc with 2,
-    # +1.28..+1.91 with 8; benchmarks/results/ensemble). The other models keep 8 until measured the same way.
+    # +1.28..+1.91 with 8; benchmarks/results/ensemble). The denoisers use 2 too (below); x3 and x4 keep 8 (their
+    # 8 passes cost fewer MACs per output voxel than x2's 2: benchmarks/README_models.md).
     _mr_sr(2, "794560759acb188e021c9891a495a1b3617d682fd071173d2095e98de8e97bb8", default_ensemble=2,
            consistency=True),
     _mr_sr(3, "7cd5521d4b2e2cca736a8137348b06df1821a758d0a5296462f8c54d29cbf8dc"),
