@@ -291,16 +291,21 @@ def test_learned_device_errors_are_input_errors(learned) -> None:
 
 
 def test_ensemble_option_runs_fewer_members_and_restores_the_model() -> None:
-    """ensemble=1 is the plain network, 8 the model's own; the cached network keeps its own size afterwards."""
+    """ensemble=1 is the plain network, 8 the model's own, no option its default (2); the cached network keeps its
+    own size afterwards."""
     from MedSREnhanceLib.engine.enhance import _load_network
 
     vol = Volume(np.random.default_rng(0).random((12, 13, 14)).astype(np.float32) * 100, (1.0, 1.0, 1.0),
                  (0.0, 0.0, 0.0), np.eye(3))
-    full = enhance(vol, task="denoise", model="mr-denoise", device="cpu", precision="fp32")
+    full = enhance(vol, task="denoise", model="mr-denoise", device="cpu", precision="fp32", ensemble=8)
     one = enhance(vol, task="denoise", model="mr-denoise", device="cpu", precision="fp32", ensemble=1)
+    default = enhance(vol, task="denoise", model="mr-denoise", device="cpu", precision="fp32")
+    two = enhance(vol, task="denoise", model="mr-denoise", device="cpu", precision="fp32", ensemble=2)
     again = enhance(vol, task="denoise", model="mr-denoise", device="cpu", precision="fp32", ensemble=8)
     assert _load_network("mr-denoise").ensemble == 8
     np.testing.assert_array_equal(again.enhanced.array, full.enhanced.array)
+    np.testing.assert_array_equal(default.enhanced.array, two.enhanced.array)
+    assert not np.allclose(default.enhanced.array, full.enhanced.array)
     assert not np.allclose(one.enhanced.array, full.enhanced.array)
     assert any("flip ensemble of 1" in m for m in one.messages)
     with pytest.raises(InputError, match="ensemble"):

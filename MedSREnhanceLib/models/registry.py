@@ -93,8 +93,8 @@ def _denoiser(modality: str, summary: str, sha256: str, normalisation: str) -> M
                      arch="denoiser", builder="Denoiser",
                      kwargs={"channels": 16, "spatial_dims": 3, "negative_slope": 0.1, "ensemble": 8},
                      weights=f"{modality}-denoise.pt", sha256=sha256, card=f"{modality}-denoise.json",
-                     # 2 of 8 flips: MR held-out bench 5 %: +0.78..+2.02 dB over the best tuned filter with 2
-                     # members, +0.82..+2.05 with 8 (benchmarks/results/ensemble/denoise-*)
+                     # 2 of 8 flips: ~0.04 dB (MR) and 0.05-0.09 dB (CT, 2.5e4 photons) below 8 on the held-out
+                     # bench, every volume passing (benchmarks/results/ensemble/denoise-*, the model cards)
                      normalisation=normalisation, default_ensemble=2)
 
 
