@@ -95,7 +95,10 @@ def test_child_job_gives_the_blocking_voxels_and_reports_while_the_gil_is_held(s
     outcome = job.outcome
     assert outcome is not None and outcome.ok, outcome.error
     assert done == [outcome]
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(outcome.enhanced_node), expected)
+    # the same computation; float rounding only (the child's BLAS threads may sum the consistency GEMMs in
+    # another order: 1.5e-4 on values ~5 seen)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(outcome.enhanced_node), expected,
+                               rtol=0, atol=1e-5 * float(np.ptp(expected)) + 1e-4)
     np.testing.assert_allclose(mrml.node_ijk_to_ras(outcome.enhanced_node), expected_matrix, atol=1e-9)
     assert outcome.model == MODEL and outcome.device.startswith("cpu")
     # the child costs its interpreter start and torch import, nothing that grows with the run
