@@ -46,6 +46,9 @@ class ModelSpec:
     # Flip-ensemble members a plain run uses (None: all of kwargs["ensemble"]); chosen per model on the bench (each
     # member is a full pass). An uncertainty map always runs the full ensemble it was calibrated with.
     default_ensemble: int | None = None
+    # Whether enhance(model="auto") may pick it. False for variants a user must ask for by name (the GAN variant:
+    # sharper texture at a PSNR cost, with a hallucination risk the default must not carry).
+    auto: bool = True
     # Classical models only: the method and its default parameters.
     method: str = ""
     params: dict[str, Any] = field(default_factory=dict)
