@@ -95,12 +95,15 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
 
 
 def _add_hf_ratios(rows: list[dict[str, Any]], outputs: dict[str, Any], inp: Any, scorer: Scorer) -> None:
-    """Each row's sharpness figure ``hf_ratio`` (metrics): its output's high-frequency power over the ground truth's.
+    """Each row's sharpness figure ``hf_ratio`` (metrics): its output's high-frequency power over the ground truth's
+    above half the input's Nyquist; and ``hf_ratio_above_nyquist``, the same above the input's Nyquist itself (the
+    band the input lacks: the first figure is dominated by the band below it, which the input still holds).
     Computed here, not in the cached classical rows, so cached baselines get it too (from their cached outputs)."""
     for r in rows:
         out = inp if r["kind"] == "input" else outputs.get(r.get("_output") or r["model"])
         if out is not None:
             r["metrics"]["hf_ratio"] = scorer.hf_ratio(out, inp.spacing)
+            r["metrics"]["hf_ratio_above_nyquist"] = scorer.hf_ratio(out, inp.spacing, fraction=1.0)
 
 
 def _learned_rows(case: Case, bv: BenchVolume, inp: Any, name: str, scorer: Scorer, settings: BenchSettings,

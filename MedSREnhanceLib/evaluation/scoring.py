@@ -52,10 +52,13 @@ class Scorer:
         aligned, grid = self.on_grid(output)
         return metrics.score(aligned.array, self.reference.array, self.modality, self.mask, self.mr_scale), grid
 
-    def hf_ratio(self, output: Volume, input_spacing: tuple[float, ...]) -> float:
-        """High-frequency power of ``output`` over the ground truth's, above half the input's Nyquist (spectral.py)."""
+    def hf_ratio(self, output: Volume, input_spacing: tuple[float, ...],
+                 fraction: float = spectral.HF_FRACTION) -> float:
+        """High-frequency power of ``output`` over the ground truth's, above ``fraction`` of the input's Nyquist
+        (spectral.py; the bench's figure is at half of it)."""
         aligned, _ = self.on_grid(output)
-        return spectral.hf_power_ratio(aligned.array, self.reference.array, self.reference.spacing, input_spacing)
+        return spectral.hf_power_ratio(aligned.array, self.reference.array, self.reference.spacing, input_spacing,
+                                       fraction)
 
 
     def trust(self, result: Any, inp: Volume) -> dict[str, Any]:
