@@ -103,6 +103,8 @@ LEARNED: tuple[ModelSpec, ...] = (
     # 2 of 8 flips: 4x fewer passes for 0.04-0.07 dB (held-out SR x2 bench: +1.24..+1.85 dB over tuned sinc with 2,
     # +1.28..+1.91 with 8; benchmarks/results/ensemble). The other models keep 8 until measured the same way.
     _mr_sr(2, "794560759acb188e021c9891a495a1b3617d682fd071173d2095e98de8e97bb8", default_ensemble=2),
+    # mr-sr-x2-gan (configs/mr-sr-x2-gan.toml) is not registered: it failed issue 15's bar (README_models). A GAN
+    # variant that passes would be an entry with auto=False and consistency_default=True.
     _mr_sr(3, "7cd5521d4b2e2cca736a8137348b06df1821a758d0a5296462f8c54d29cbf8dc"),
     _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd"),
     ModelSpec("mr-throughplane", "sr", "learned", ("mr",),
