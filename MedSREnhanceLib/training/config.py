@@ -101,7 +101,7 @@ class TrainConfig:
 
 @dataclass
 class AdversarialConfig:
-    """[adversarial] (optional): fine-tune with a patch discriminator and a feature-space loss (training/adversarial.py).
+    """[adversarial] (optional): fine-tune with a patch discriminator and a feature-space loss (adversarial.py).
     Generator loss = L1 + ssim_weight (1 - SSIM) + feature_weight * feature loss + adversarial_weight * RaGAN loss."""
 
     discriminator_channels: int = 16

@@ -59,7 +59,7 @@ class TrainState:
     step: int = 0
     elapsed_before: float = 0.0  # seconds spent by earlier runs of a resumed training
     history: list[dict[str, float]] = field(default_factory=list)
-    adversarial: Optional[AdversarialObjective] = None  # a GAN fine-tune's feature net and discriminator
+    adversarial: AdversarialObjective | None = None  # a GAN fine-tune's feature net and discriminator
 
 
 def build_initial_model(cfg: Config) -> torch.nn.Module:
