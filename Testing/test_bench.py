@@ -165,6 +165,13 @@ def test_harness_writes_markdown_json_and_png(tmp_path: Path, monkeypatch: pytes
     assert {r["model"] for r in sr["rows"]} == {"linear", "bspline", "sinc", "fourier-zerofill (reference)"}
     assert all(r["grid"]["grid_matches_reference"] for r in sr["rows"])
     assert sr["crop"]["input_size_ijk"] == [10, 10, 10]
+    # the sharpness figures: on every row of every case (the input row of denoising too), in the tables
+    assert all(0.0 < r["metrics"]["hf_ratio"] and 0.0 <= r["metrics"]["hf_ratio_above_nyquist"]
+               for res in data["results"] for r in res["rows"])
+    assert "| HF ratio | HF > Nyq |" in md
+    # linear interpolation is smoother than sinc
+    hf = {r["model"]: r["metrics"]["hf_ratio"] for r in sr["rows"]}
+    assert hf["linear"] < hf["sinc"]
     dn = data["results"][1]
     assert {r["model"] for r in dn["rows"]} == {"input (degraded)", "gaussian", "anisotropic-diffusion", "nlmeans"}
     nlm = next(r for r in dn["rows"] if r["model"] == "nlmeans")
@@ -247,3 +254,16 @@ def test_learned_model_selection_follows_enhance_auto(monkeypatch: pytest.Monkey
     assert runner.learned_models_for(cases.parse_case("mr-denoise-5"), "auto") == []  # no MR model: nothing
     assert runner.learned_models_for(cases.parse_case("ct-lowdose"), "none") == []
     assert runner.learned_models_for(cases.parse_case("mr-sr-x2"), ["fake-ct-denoise"]) == []  # does not serve
+
+
+def test_a_model_marked_not_auto_is_never_the_auto_pick(monkeypatch: pytest.MonkeyPatch) -> None:
+    from MedSREnhanceLib.engine.enhance import select_model
+    from MedSREnhanceLib.models import registry
+
+    gan = registry.ModelSpec("fake-sr-gan", "sr", "learned", ("mr",), "test double", scale_mode="isotropic",
+                             scales=(2.0,), auto=False)
+    monkeypatch.setattr(registry, "LEARNED", (gan,) + registry.LEARNED)  # first in line, and still not picked
+    monkeypatch.setitem(registry.REGISTRY, gan.name, gan)
+    assert select_model("sr", "mr", (2.0, 2.0, 2.0)).name == "mr-sr-x2"
+    assert runner.learned_models_for(cases.parse_case("mr-sr-x2"), "auto") == ["mr-sr-x2"]
+    assert "fake-sr-gan" in runner.learned_models_for(cases.parse_case("mr-sr-x2"), ["fake-sr-gan"])  # by name

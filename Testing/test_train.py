@@ -392,3 +392,22 @@ def test_resume_loads_checkpoints_as_data_only(tmp_path: Path) -> None:
     torch.save({"model": _RunsCode()}, path)
     with pytest.raises(pickle.UnpicklingError):
         loop.resume_from(path, None, None)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow  # SR pairs (k-space truncation of the volumes) plus a feature-net pretext: ~1 min when loaded
+def test_adversarial_fine_tune_trains_checkpoints_and_resumes(tmp_path: Path, data_root: Path) -> None:
+    degrade = "scale = 2\n\n[adversarial]\ndiscriminator_channels = 4\nfeature_channels = 4\nfeature_steps = 2\n" \
+              "adversarial_weight = 0.01\ndiscriminator_warmup = 1"
+    cfg = _write_config(tmp_path, data_root, "sr", SR_MODEL, '["mr_a"]', degrade)
+    weights = loop.run_training(str(cfg), quiet=True)
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["config"]["adversarial"]["feature_steps"] == 2
+    assert "adversarial_d" in card["training"]["history"][-1] and "adversarial_g" in card["training"]["history"][-1]
+    ckpt = torch.load(tmp_path / "runs" / "tiny-sr" / "checkpoint.pt", weights_only=True)
+    assert ckpt["adversarial"]["steps"] == 2  # one discriminator step per generator step, checkpointed
+    assert (tmp_path / "runs" / "tiny-sr" / "feature_net.pt").exists()
+    longer = _write_config(tmp_path, data_root, "sr", SR_MODEL, '["mr_a"]', degrade, steps=3)
+    loop.run_training(str(longer), resume=True, quiet=True)
+    ckpt = torch.load(tmp_path / "runs" / "tiny-sr" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["adversarial"]["steps"] == 3  # the discriminator resumed, not restarted
+    assert json.loads(weights.with_suffix(".json").read_text())["training"]["feature_net_pretext_loss"] == []

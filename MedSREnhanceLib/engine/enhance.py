@@ -102,7 +102,7 @@ def serves(spec: ModelSpec, task: str, scale: Scale) -> bool:
 
 def select_model(task: str, modality: str, scale: Scale) -> ModelSpec:
     """Best bundled model for the request: a learned one that serves it, else the classical default."""
-    candidates = [s for s in registry.LEARNED if modality in s.modalities and serves(s, task, scale)]
+    candidates = [s for s in registry.LEARNED if s.auto and modality in s.modalities and serves(s, task, scale)]
     if candidates:
         # Isotropic: the smallest integer factor >= the request (least resampling after the network).
         return min(candidates, key=lambda s: max(s.scales) if s.scales else 0)

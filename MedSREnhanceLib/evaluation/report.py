@@ -30,13 +30,15 @@ def _params_text(params: dict[str, Any]) -> str:
 
 
 def _metric_columns(modality: str) -> list[tuple[str, str, int]]:
+    # "HF ratio" (evaluation/spectral.py): high-frequency power over the ground truth's; 1 = as sharp as the truth
     if modality == "mr":
-        return [("psnr", "PSNR", 2), ("psnr_fg", "PSNR fg", 2), ("ssim", "SSIM", 4), ("ssim_fg", "SSIM fg", 4)]
+        return [("psnr", "PSNR", 2), ("psnr_fg", "PSNR fg", 2), ("ssim", "SSIM", 4), ("ssim_fg", "SSIM fg", 4),
+                ("hf_ratio", "HF ratio", 3), ("hf_ratio_above_nyquist", "HF > Nyq", 3)]
     cols: list[tuple[str, str, int]] = []
     for w in metrics.CT_WINDOWS:
         cols += [(f"psnr_{w.name}", f"PSNR {w.name}", 2), (f"psnr_fg_{w.name}", f"PSNR fg {w.name}", 2),
                  (f"ssim_{w.name}", f"SSIM {w.name}", 4)]
-    return cols
+    return cols + [("hf_ratio", "HF ratio", 3), ("hf_ratio_above_nyquist", "HF > Nyq", 3)]
 
 
 def learned_precision(device: str) -> str:
@@ -70,7 +72,11 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
               "resampled onto the ground-truth grid by physical coordinates (linear) before scoring.", "",
               "Metrics: MR divided by the ground truth's 99.5th percentile (non-zero voxels), data range 1; CT HU "
               "windows full [-1000, 1000] and soft tissue C40/W400, data range 1. PSNR over the whole volume and "
-              "inside a foreground mask (fg); 3D SSIM, Gaussian sigma 1.5, K1 0.01, K2 0.03. Bar: a learned model "
+              "inside a foreground mask (fg); 3D SSIM, Gaussian sigma 1.5, K1 0.01, K2 0.03. HF ratio: the output's "
+              "radially averaged power spectrum summed above half the input's Nyquist frequency, over the ground "
+              "truth's (Hann-windowed crop; 1 = as much fine detail as the truth, < 1 smoother, > 1 more, which may be "
+              "noise or invented texture); HF > Nyq: the same above the input's Nyquist itself, the band the input lacks. "
+              "Bar: a learned model "
               f"gains >= {BAR_DB} dB fg PSNR over the best tuned baseline (per CT window) and its SSIM (whole and fg) "
               "is no worse than the best baseline SSIM. 'held out' comes from the model card: a volume the model was "
               "trained or validated on (early stopping) is not a held-out test.", ""]
@@ -158,7 +164,7 @@ def _case_lines(report: dict[str, Any], case: dict[str, Any]) -> list[str]:
                 name += f" (**{row['seen_in']} volume of this model**)"
             if not row["grid"]["grid_matches_reference"]:
                 name += f" (off-grid, {row['grid']['origin_offset_mm']:.2f} mm origin offset)"
-            vals = " | ".join(_fmt(row["metrics"][k], d) for k, _, d in cols)
+            vals = " | ".join(_fmt(row["metrics"].get(k), d) for k, _, d in cols)
             lines.append(f"| {name} | {_params_text(row['params'])} | {vals} | {row['seconds']:.1f} |")
         for name, v in res["verdicts"].get("models", {}).items():
             gains = ", ".join(f"{k} {g:+.2f} dB" for k, g in v["gain_db"].items())

@@ -72,9 +72,11 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
         scores, grid = scorer.score(out)
         rows.append({"model": "fourier-zerofill (reference)", "kind": "reference", "params": {}, "tuned_for": None,
                      "metrics": scores, "seconds": seconds, "grid": grid})
+        outputs["fourier-zerofill (reference)"] = out
 
     for name in learned_models_for(case, settings.models):
         rows += _learned_rows(case, bv, inp, name, scorer, settings, outputs)
+    _add_hf_ratios(rows, outputs, inp, scorer)
 
     verdicts = judge(rows, case.modality, case.task)
     png = trust_png = None
@@ -90,6 +92,18 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
             "foreground_voxels": int(scorer.mask.sum()), "mr_normaliser": scorer.mr_scale if case.modality == "mr" else None,
             "rows": rows, "verdicts": verdicts, "png": png,
             "trust_png": trust_png, "seconds": time.perf_counter() - t_start}
+
+
+def _add_hf_ratios(rows: list[dict[str, Any]], outputs: dict[str, Any], inp: Any, scorer: Scorer) -> None:
+    """Each row's sharpness figure ``hf_ratio`` (metrics): its output's high-frequency power over the ground truth's
+    above half the input's Nyquist; and ``hf_ratio_above_nyquist``, the same above the input's Nyquist itself (the
+    band the input lacks: the first figure is dominated by the band below it, which the input still holds).
+    Computed here, not in the cached classical rows, so cached baselines get it too (from their cached outputs)."""
+    for r in rows:
+        out = inp if r["kind"] == "input" else outputs.get(r.get("_output") or r["model"])
+        if out is not None:
+            r["metrics"]["hf_ratio"] = scorer.hf_ratio(out, inp.spacing)
+            r["metrics"]["hf_ratio_above_nyquist"] = scorer.hf_ratio(out, inp.spacing, fraction=1.0)
 
 
 def _learned_rows(case: Case, bv: BenchVolume, inp: Any, name: str, scorer: Scorer, settings: BenchSettings,

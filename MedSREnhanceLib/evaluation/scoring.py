@@ -8,7 +8,7 @@ import numpy as np
 
 from ..core.resample import resample_to
 from ..core.volume import Volume
-from . import metrics
+from . import metrics, spectral
 
 
 def objectives(modality: str) -> tuple[str, ...]:
@@ -51,6 +51,14 @@ class Scorer:
     def score(self, output: Volume) -> tuple[dict[str, float], dict[str, Any]]:
         aligned, grid = self.on_grid(output)
         return metrics.score(aligned.array, self.reference.array, self.modality, self.mask, self.mr_scale), grid
+
+    def hf_ratio(self, output: Volume, input_spacing: tuple[float, ...],
+                 fraction: float = spectral.HF_FRACTION) -> float:
+        """High-frequency power of ``output`` over the ground truth's, above ``fraction`` of the input's Nyquist
+        (spectral.py; the bench's figure is at half of it)."""
+        aligned, _ = self.on_grid(output)
+        return spectral.hf_power_ratio(aligned.array, self.reference.array, self.reference.spacing, input_spacing,
+                                       fraction)
 
 
     def trust(self, result: Any, inp: Volume) -> dict[str, Any]:

@@ -46,6 +46,9 @@ class ModelSpec:
     # Flip-ensemble members a plain run uses (None: all of kwargs["ensemble"]); chosen per model on the bench (each
     # member is a full pass). An uncertainty map always runs the full ensemble it was calibrated with.
     default_ensemble: int | None = None
+    # Whether enhance(model="auto") may pick it. False for variants a user must ask for by name (the GAN variant:
+    # sharper texture at a PSNR cost, with a hallucination risk the default must not carry).
+    auto: bool = True
     # Classical models only: the method and its default parameters.
     method: str = ""
     params: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +108,8 @@ LEARNED: tuple[ModelSpec, ...] = (
     # 8 passes cost fewer MACs per output voxel than x2's 2: benchmarks/README_models.md).
     _mr_sr(2, "794560759acb188e021c9891a495a1b3617d682fd071173d2095e98de8e97bb8", default_ensemble=2,
            consistency=True),
+    # mr-sr-x2-gan (configs/mr-sr-x2-gan.toml) is not registered: it failed issue 15's bar (README_models). A GAN
+    # variant that passes would be an entry with auto=False and consistency_default=True.
     _mr_sr(3, "7cd5521d4b2e2cca736a8137348b06df1821a758d0a5296462f8c54d29cbf8dc"),
     _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd"),
     ModelSpec("mr-throughplane", "sr", "learned", ("mr",),

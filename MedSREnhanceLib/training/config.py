@@ -1,4 +1,5 @@
-"""Training configs: four typed TOML tables ([model], [data], [degrade], [train]), checked on load."""
+"""Training configs: four typed TOML tables ([model], [data], [degrade], [train]) and an optional [adversarial],
+checked on load."""
 from __future__ import annotations
 
 import dataclasses
@@ -99,11 +100,27 @@ class TrainConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """[adversarial] (optional): fine-tune with a patch discriminator and a feature-space loss (adversarial.py).
+    Generator loss = L1 + ssim_weight (1 - SSIM) + feature_weight * feature loss + adversarial_weight * RaGAN loss."""
+
+    discriminator_channels: int = 16
+    feature_channels: int = 16
+    feature_steps: int = 400  # pretext steps of the feature net (denoising/deblurring autoencoder) before the GAN
+    feature_lr: float = 1e-3
+    feature_weight: float = 0.1  # on the feature L1, each layer divided by the target features' mean |value|
+    adversarial_weight: float = 1e-3
+    discriminator_lr: float = 1e-4
+    discriminator_warmup: int = 0  # discriminator-only steps before the generator sees the adversarial term
+
+
+@dataclass
 class Config:
     model: ModelConfig
     data: DataConfig
     degrade: DegradeConfig
     train: TrainConfig
+    adversarial: AdversarialConfig | None = None
 
 
 def _build(cls: type, table: dict[str, Any], where: str) -> Any:
@@ -129,7 +146,7 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
     """Parse a TOML config; relative directories resolve against the repository root, so a config means the
     same thing from any working directory. ``data_root`` overrides the config's."""
     raw = tomllib.loads(Path(path).read_text())
-    unknown = set(raw) - {"model", "data", "degrade", "train"}
+    unknown = set(raw) - {"model", "data", "degrade", "train", "adversarial"}
     if unknown:
         raise ValueError(f"unknown table(s) in {path}: {', '.join(sorted(unknown))}")
     cfg = Config(
@@ -137,7 +154,10 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
         data=_build(DataConfig, raw["data"], "data"),
         degrade=_build(DegradeConfig, raw.get("degrade", {}), "degrade"),
         train=_build(TrainConfig, raw.get("train", {}), "train"),
+        adversarial=_build(AdversarialConfig, raw["adversarial"], "adversarial") if "adversarial" in raw else None,
     )
+    if cfg.adversarial is not None and cfg.data.task != "sr":
+        raise ValueError("[adversarial] is implemented for task sr only")
     if cfg.train.precision not in ("fp32", "bf16"):  # before any data is loaded or simulated
         raise ValueError(f"[train] precision must be fp32 or bf16, not {cfg.train.precision!r}")
     if not 0.0 <= cfg.train.ema_decay < 1.0:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.registry import WEIGHTS_DIR
+from .adversarial import AdversarialObjective, build_objective
 from .cards import model_card, write_card
 from .config import REPO_ROOT, Config, TrainConfig, load_config
 from .losses import build_model, expected_target, loss_fn
@@ -58,6 +59,7 @@ class TrainState:
     step: int = 0
     elapsed_before: float = 0.0  # seconds spent by earlier runs of a resumed training
     history: list[dict[str, float]] = field(default_factory=list)
+    adversarial: AdversarialObjective | None = None  # a GAN fine-tune's feature net and discriminator
 
 
 def build_initial_model(cfg: Config) -> torch.nn.Module:
@@ -81,7 +83,8 @@ def save_checkpoint(path: Path, state: TrainState, elapsed: float) -> None:
                 "elapsed": elapsed, "history": state.history,
                 # numpy's generator state as JSON text: loadable with weights_only=True whatever it holds
                 "rng": json.dumps(state.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
-                **({"averaged": state.averaged.state_dict()} if state.averaged is not None else {})}, tmp)
+                **({"averaged": state.averaged.state_dict()} if state.averaged is not None else {}),
+                **({"adversarial": state.adversarial.state_dict()} if state.adversarial is not None else {})}, tmp)
     tmp.replace(path)
 
 
@@ -93,6 +96,8 @@ def resume_from(path: Path, state: TrainState, source: PairSource) -> None:
     state.opt.load_state_dict(ckpt["opt"])
     if state.averaged is not None and "averaged" in ckpt:
         state.averaged.load_state_dict(ckpt["averaged"])
+    if state.adversarial is not None and "adversarial" in ckpt:
+        state.adversarial.load_state_dict(ckpt["adversarial"])
     state.step, state.elapsed_before, state.history = ckpt["step"], ckpt["elapsed"], ckpt["history"]
     rng = ckpt["rng"]
     state.rng.bit_generator.state = json.loads(rng) if isinstance(rng, str) else rng  # older: a plain dict
@@ -114,16 +119,21 @@ def validation_psnr(net: torch.nn.Module, model: torch.nn.Module, val_batch: Opt
 
 
 def train_step(net: torch.nn.Module, state: TrainState, batch: tuple, tc: TrainConfig, autocast: Any) -> float:
-    """One optimiser step on ``batch`` (x, y, retention); returns the loss."""
+    """One optimiser step on ``batch`` (x, y, retention), then one discriminator step in a GAN fine-tune; returns
+    the generator's loss."""
     x, y, retention = batch
     with autocast:
         pred = net(x)
     loss = loss_fn(expected_target(pred.float(), x, retention), y, tc.ssim_weight)
+    if state.adversarial is not None:
+        loss = loss + state.adversarial.generator_terms(pred.float(), y)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
     if tc.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), tc.grad_clip)
     state.opt.step()
+    if state.adversarial is not None:
+        state.adversarial.discriminator_step(pred.float(), y)
     if state.averaged is not None:
         state.averaged.update_parameters(state.model)
     return float(loss.detach())
@@ -159,7 +169,8 @@ def train_loop(cfg: Config, state: TrainState, source: PairSource, val_batch: Op
         bar.set_postfix(loss=f"{ema:.4f}", patches_s=f"{patches / (now - t_start):.1f}")
         if state.step % tc.val_every == 0 or state.step == tc.steps:
             state.history.append({"step": state.step, "loss": ema, "val_psnr": validation_psnr(net, state.model, val_batch),
-                                  "minutes": (state.elapsed_before + now - t_start) / 60})
+                                  "minutes": (state.elapsed_before + now - t_start) / 60,
+                                  **(state.adversarial.last if state.adversarial is not None else {})})
             logger.info("step %d loss %.4f val_psnr %.2f", state.step, ema, state.history[-1]["val_psnr"])
         if now - last_ckpt > 60 * tc.checkpoint_minutes:
             save_checkpoint(ckpt_path, state, state.elapsed_before + now - t_start)
@@ -199,6 +210,11 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
     run_dir = Path(tc.run_dir) / cfg.model.name
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
+    feature_history: list[float] = []
+    if cfg.adversarial is not None:
+        state.adversarial, feature_history = build_objective(
+            cfg.adversarial, source, run_dir, tc.batch, tc.seed, resume=resume and ckpt_path.exists(),
+            spatial_dims=int(cfg.model.kwargs.get("spatial_dims", 3)))
     if resume and ckpt_path.exists():
         resume_from(ckpt_path, state, source)
         logger.info("resumed %s at step %d", cfg.model.name, state.step)
@@ -212,6 +228,8 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
     torch.save({k: v.detach().clone().float() for k, v in shipped.state_dict().items()}, weights_path)
     card = model_card(cfg, model, weights_path, config_path, steps=state.step, truncated=truncated,
                       seconds=state.elapsed_before, history=state.history)
+    if cfg.adversarial is not None:
+        card["training"]["feature_net_pretext_loss"] = feature_history
     card_path = out_dir / f"{cfg.model.name}.json"
     write_card(card_path, card)
     logger.info("wrote %s and %s", weights_path, card_path)
