@@ -111,7 +111,7 @@ LEARNED: tuple[ModelSpec, ...] = (
     # mr-sr-x2-gan (configs/mr-sr-x2-gan.toml) is not registered: it failed issue 15's bar (README_models). A GAN
     # variant that passes would be an entry with auto=False and consistency_default=True.
     _mr_sr(3, "7cd5521d4b2e2cca736a8137348b06df1821a758d0a5296462f8c54d29cbf8dc"),
-    _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd"),
+    _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd", consistency=True),
     ModelSpec("mr-throughplane", "sr", "learned", ("mr",),
               "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
               arch="throughplane", builder="ThroughPlaneNet", kwargs={"channels": 32, "dilations": (1, 1, 1, 1, 1, 1, 1), "spatial_dims": 3},
