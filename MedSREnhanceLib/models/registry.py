@@ -76,7 +76,7 @@ CLASSICAL: tuple[ModelSpec, ...] = (
               method="nlmeans", params={"h_factor": 0.8, "patch_size": 3, "patch_distance": 4}),
 )
 
-def _mr_sr(scale: int, sha256: str, default_ensemble: int | None = None, consistency: bool = False) -> ModelSpec:
+def _mr_sr(scale: int, sha256: str, default_ensemble: int | None = None) -> ModelSpec:
     """The isotropic MR SR models differ only in their factor (one net per scale, same architecture)."""
     return ModelSpec(f"mr-sr-x{scale}", "sr", "learned", ("mr",),
                      f"MR isotropic super-resolution x{scale} (3D EDSR-style net on the LR grid, pixel shuffle)",
@@ -84,10 +84,11 @@ def _mr_sr(scale: int, sha256: str, default_ensemble: int | None = None, consist
                      kwargs={"scale": scale, "channels": 32, "blocks": 3, "spatial_dims": 3, "ensemble": 8},
                      weights=f"mr-sr-x{scale}.pt", sha256=sha256, card=f"mr-sr-x{scale}.json", normalisation="mr",
                      scale_mode="isotropic", scales=(float(scale),), acquisition="kspace",
-                     # On whole volumes the projection gained +0.21..+0.35 dB fg PSNR for x2 (benchmarks/results/
-                     # consistency); on the bench's 112-voxel crops it cost 0.08-0.22 dB, because a crop of a volume
-                     # degraded whole is not the k-space truncation of the crop. Off where not yet measured whole.
-                     consistency_default=consistency, default_ensemble=default_ensemble)
+                     # On whole held-out volumes the projection gained +0.21..+0.35 (x2), +0.14..+0.27 (x3) and
+                     # +0.15..+0.31 dB (x4) fg PSNR (benchmarks/results/consistency); on the bench's 112-voxel crops
+                     # it can cost up to 0.2 dB, because a crop of a volume degraded whole is not the k-space
+                     # truncation of the crop.
+                     consistency_default=True, default_ensemble=default_ensemble)
 
 
 def _denoiser(modality: str, summary: str, sha256: str, normalisation: str) -> ModelSpec:
@@ -106,12 +107,11 @@ LEARNED: tuple[ModelSpec, ...] = (
     # 2 of 8 flips: 4x fewer passes for 0.04-0.07 dB (held-out SR x2 bench: +1.24..+1.85 dB over tuned sinc with 2,
     # +1.28..+1.91 with 8; benchmarks/results/ensemble). The denoisers use 2 too (below); x3 and x4 keep 8 (their
     # 8 passes cost fewer MACs per output voxel than x2's 2: benchmarks/README_models.md).
-    _mr_sr(2, "794560759acb188e021c9891a495a1b3617d682fd071173d2095e98de8e97bb8", default_ensemble=2,
-           consistency=True),
+    _mr_sr(2, "794560759acb188e021c9891a495a1b3617d682fd071173d2095e98de8e97bb8", default_ensemble=2),
     # mr-sr-x2-gan (configs/mr-sr-x2-gan.toml) is not registered: it failed issue 15's bar (README_models). A GAN
     # variant that passes would be an entry with auto=False and consistency_default=True.
     _mr_sr(3, "7cd5521d4b2e2cca736a8137348b06df1821a758d0a5296462f8c54d29cbf8dc"),
-    _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd", consistency=True),
+    _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd"),
     ModelSpec("mr-throughplane", "sr", "learned", ("mr",),
               "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
               arch="throughplane", builder="ThroughPlaneNet", kwargs={"channels": 32, "dilations": (1, 1, 1, 1, 1, 1, 1), "spatial_dims": 3},
