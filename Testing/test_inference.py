@@ -433,6 +433,8 @@ def test_auto_tile_stays_within_the_budget_and_reads_fewest_voxels(monkeypatch) 
                if math.prod(min(n, c + 2 * halo) for n in shape) * 4 * 52 <= inference.CPU_TILE_BUDGET)
     assert voxels_read(tile) < 0.8 * voxels_read((cube,) * 3)  # non-cubic windows repeat fewer halos
     assert auto_tile((20, 30, 25), 52, cpu, 8) == (20, 30, 25)  # small volumes: one window, never beyond
+    huge = auto_tile((512, 2048, 2048), 192, cpu, 9)  # long axes get more windows: still within the budget
+    assert math.prod(t + 18 for t in huge) * 4 * 192 <= inference.CPU_TILE_BUDGET
     monkeypatch.setattr(inference, "_available_ram", lambda: 1e9)  # little RAM: a quarter of it
     small = auto_tile(shape, 52, cpu, halo, align=4)
     assert math.prod(n if t >= n else t + 2 * halo for n, t in zip(shape, small)) * 4 * 52 <= 0.25e9

@@ -248,10 +248,11 @@ def tile_budget(device: torch.device) -> float:
     return min(_available_ram() * 0.25, CPU_TILE_BUDGET)
 
 
-def _axis_options(n: int, halo: int, align: int, max_windows: int = 16) -> list[tuple[int, int, int]]:
-    """(core, read, voxels read along the axis) for 1..max_windows windows along an axis of ``n`` voxels."""
+def _axis_options(n: int, halo: int, align: int) -> list[tuple[int, int, int]]:
+    """(core, read, voxels read along the axis) for 1 to 16 windows along an axis of ``n`` voxels, more on long
+    axes (cores down to 32 voxels), so a window fits the budget however large the volume."""
     options = {}
-    for count in range(1, max_windows + 1):
+    for count in range(1, max(16, -(-n // 32)) + 1):
         core = -(-(-(-n // count)) // align) * align
         windows = -(-n // core)
         if core in options or (windows > 1 and core < 2 * align):
