@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 from MedSREnhanceLib.core.io import read_volume, write_volume  # noqa: E402
 from MedSREnhanceLib.core.resample import resample_to  # noqa: E402
@@ -109,15 +110,6 @@ def run_cli(args: list[str]) -> tuple[float, int, int, str]:
     return seconds, usage.ru_maxrss * 1024, code, stages  # ru_maxrss is in KiB on Linux
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,7 +124,7 @@ def main() -> int:
     entries = {e["id"]: e for e in json.loads(args.manifest.read_text())}
     extra = [a for a in args.extra.replace("=", " ").split() if a]
     what = " ".join(extra + (["--difference D --residual R"] if args.maps else []))
-    print(f"{_cpu_name()}, {os.cpu_count()} cores; `medsr enhance --model auto {what}`\n")
+    print(f"{cpu_name()}, {os.cpu_count()} cores; `medsr enhance --model auto {what}`\n")
     print("| case | input | output | seconds | peak RSS (MiB) | RSS budget (MiB) | within 60 s and budget |")
     print("|---|---|---|---|---|---|---|")
     failed, notes = 0, []

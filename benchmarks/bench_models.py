@@ -33,6 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py, beside this script)
+
 from MedSREnhanceLib import enhance  # noqa: E402
 from MedSREnhanceLib.core.volume import Volume  # noqa: E402
 from MedSREnhanceLib.engine.enhance import _load_network  # noqa: E402
@@ -154,15 +156,6 @@ def layer_table(torch: Any, net: Any, shape: tuple[int, int, int], device: Any, 
     return lines
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
 
 def bench_model(torch: Any, name: str, block: tuple[int, ...], device: Any, precisions: list[str],
                 ensemble: Optional[int], gemm: dict[str, float]) -> list[str]:
@@ -240,7 +233,7 @@ def main() -> int:
     block = tuple(int(v) for v in args.block.split(","))
     names = [s.name for s in registry.LEARNED] if args.models == "all" else args.models.split(",")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{_cpu_name()}, {args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        f"{cpu_name()}, {args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}"
     print(f"{where}; torch {torch.__version__}; output block {block} scaled to 256x256x160")
     print("matmul 2048^2 (GMAC/s): " + ", ".join(f"{p} {g:.1f}" for p, g in gemm.items()) + "\n")
     print("| model | precision | ensemble | MACs / output voxel | s (256x256x160) | GMAC/s | of matmul | "
