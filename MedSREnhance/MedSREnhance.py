@@ -106,6 +106,8 @@ class MedSREnhanceParameterNode:
     device: str = "auto"
     tileSize: Annotated[int, WithinRange(0, 1024)] = 0
     precision: Annotated[str, Choice(["auto", "fp32", "fp16", "bf16"])] = "auto"
+    adapt: bool = False
+    adaptSeconds: Annotated[int, WithinRange(10, 3600)] = 180
     showLayout: bool = True
     differenceAsOverlay: bool = False
     enhancedVolume: vtkMRMLScalarVolumeNode
@@ -347,7 +349,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.logTextEdit.clear()
             self._job = self.logic.processAsync(
                 p.inputVolume, task=p.task, model=p.model, scale=scale, device=p.device,
-                tile=p.tileSize or None, precision=p.precision,
+                tile=p.tileSize or None, precision=p.precision, adapt=p.adaptSeconds if p.adapt else 0,
                 enhancedVolumeNode=p.enhancedVolume, differenceVolumeNode=p.differenceVolume,
                 progressCallback=self._onProgress, completedCallback=self._onCompleted, logCallback=self._onLog)
             self._setRunning(True)
@@ -518,16 +520,18 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolumeNode, task: str = "sr", model: str = "auto", scale=2, device: str = "auto",
                 tile: Optional[int] = None, precision: str = "auto", modality: str = "auto",
                 enhancedVolumeNode=None, differenceVolumeNode=None, progress=None, cancel=None,
-                showResult: bool = False, uncertainty: bool = False, showUncertainty: bool = False):
+                showResult: bool = False, uncertainty: bool = False, showUncertainty: bool = False,
+                adapt: float = 0):
         """Blocking. Returns (enhancedNode, differenceNode); with ``uncertainty=True`` (learned models only) also an
         uncertaintyNode (expected absolute error, Inferno), overlaid on the enhanced view if ``showUncertainty``.
-        ``scale``: 2, (1, 1, 3) (i, j, k) or "1,1,3"; ignored for task="denoise"."""
+        ``scale``: 2, (1, 1, 3) (i, j, k) or "1,1,3"; ignored for task="denoise". ``adapt``: seconds to
+        fine-tune the model on this volume first (self-supervised; 0 = off)."""
         if not self.ensureDependencies(task, model):
             raise RuntimeError(_("Required Python packages are missing."))
         nodes = self._core().process(
             inputVolumeNode, task=task, model=model, scale=scale, device=device, tile=tile, precision=precision,
             modality=modality, enhancedVolumeNode=enhancedVolumeNode, differenceVolumeNode=differenceVolumeNode,
-            progress=progress, cancel=cancel, uncertainty=uncertainty, showUncertainty=showUncertainty)
+            progress=progress, cancel=cancel, uncertainty=uncertainty, showUncertainty=showUncertainty, adapt=adapt)
         if showResult:
             self.showResults(inputVolumeNode, nodes[0], nodes[1])
         return nodes
@@ -535,7 +539,8 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
     def processAsync(self, inputVolumeNode, task: str = "sr", model: str = "auto", scale=2,
                      device: str = "auto", tile: Optional[int] = None, precision: str = "auto",
                      modality: str = "auto", enhancedVolumeNode=None, differenceVolumeNode=None,
-                     progressCallback=None, completedCallback=None, logCallback=None, pollIntervalMs: int = 100):
+                     progressCallback=None, completedCallback=None, logCallback=None, pollIntervalMs: int = 100,
+                     adapt: float = 0):
         """Non-blocking: starts the engine in a child process and returns its job at once (``job.cancel()``,
         ``job.finished``, ``job.outcome``). ``progressCallback(Progress)``, ``logCallback(str)`` and
         ``completedCallback(JobOutcome)`` run in the main thread; the outcome holds enhanced_node/difference_node,
@@ -545,7 +550,8 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
         job = self._core().processAsync(
             inputVolumeNode, task=task, model=model, scale=scale, device=device, tile=tile, precision=precision,
             modality=modality, enhancedVolumeNode=enhancedVolumeNode, differenceVolumeNode=differenceVolumeNode,
-            progressCallback=progressCallback, completedCallback=completedCallback, logCallback=logCallback)
+            progressCallback=progressCallback, completedCallback=completedCallback, logCallback=logCallback,
+            adapt=adapt)
         timer = qt.QTimer()
         timer.setInterval(pollIntervalMs)
 

@@ -40,6 +40,14 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     maps = {flag: path for flag, path in (("--difference", args.difference), ("--uncertainty", args.uncertainty),
                                           ("--residual", args.residual)) if path}
     seen = {os.path.realpath(args.output): "the output"}
+    if args.adapt_save:
+        if not args.adapt:
+            _error("--adapt-save needs --adapt SECONDS (there are no adapted weights to save)")
+            return EXIT_BAD_INPUT
+        folder = os.path.dirname(os.path.abspath(args.adapt_save))
+        if not args.adapt_save.endswith(".pt") or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            _error(f"cannot write --adapt-save {args.adapt_save}: it needs a .pt name in a writable folder")
+            return EXIT_BAD_INPUT
     for out in [args.output] + list(maps.values()):
         check_writable(out)  # the exact file names (and a .nhdr/.mhd data file), before any work
         if os.path.realpath(out) == os.path.realpath(args.input):
@@ -81,7 +89,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         result = enhance(volume, task=args.task, model=args.model, modality=args.modality, scale=args.scale,
                          device=args.device, tile=args.tile, precision=args.precision, progress=progress,
                          dtype=args.dtype, force=args.force, uncertainty=bool(args.uncertainty),
-                         consistency=args.consistency, ensemble=args.ensemble)
+                         consistency=args.consistency, ensemble=args.ensemble, adapt=args.adapt,
+                         keep_adapted=bool(args.adapt_save))
     finally:
         if bar is not None:
             bar.close()
@@ -93,6 +102,13 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     outputs = [(result.enhanced, args.output, result.dtype)] + [(named[flag], path) for flag, path in maps.items()]
     t_write = time.perf_counter()
     write_volumes(outputs)  # all or nothing: no enhanced volume without its requested maps
+    if args.adapt_save and result.adapted_weights is not None:
+        import torch
+
+        torch.save(result.adapted_weights, args.adapt_save)
+        result.messages.append(f"adapted weights of {result.model} saved to {args.adapt_save}")
+    elif args.adapt_save:
+        result.messages.append("--adapt-save: nothing saved, the adaptation kept the bundled weights")
     t_write = time.perf_counter() - t_write
     if args.timings:  # where the time went (issue 16): the file stages here, the engine's own stages
         stages = {"read": t_read, **result.timings, "write": t_write}
@@ -303,6 +319,11 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--consistency", action=argparse.BooleanOptionalAction, default=None,
                    help="SR: project the output so that re-degrading it reproduces the input (default: the "
                         "model's, on where it does not lower the bench scores; see `medsr models`)")
+    p.add_argument("--adapt", type=float, default=0.0, metavar="SECONDS",
+                   help="first fine-tune the learned model on pairs made from this input for SECONDS (through-plane: "
+                        "its in-plane slices, SMORE; isotropic SR: the input degraded again, ZSSR; denoising: "
+                        "Noise2Self); the adapted weights are dropped afterwards unless --adapt-save")
+    p.add_argument("--adapt-save", default=None, metavar="PATH", help="keep the adapted weights (.pt state dict)")
     p.add_argument("--series-uid", default=None, help="DICOM SeriesInstanceUID when a folder holds several")
     p.add_argument("--dtype", choices=["float32", "keep"], default="float32",
                    help="voxel type of the enhanced output: float32 (default; enhancement creates values between "

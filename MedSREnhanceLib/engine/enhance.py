@@ -21,7 +21,9 @@ import numpy as np
 
 from ..core import normalise
 from ..models import classical
+from . import adapt as adaptation
 from . import consistency as data_consistency
+from . import guards
 from . import uncertainty as uncertainty_map
 from ..core.errors import CancelledError, InputError
 from ..core.progress import CancelFn, Progress, ProgressFn
@@ -56,6 +58,8 @@ class EnhanceResult:
     # seconds per stage ("normalise", "network", "denormalise", "residual", ...): where the time went
     timings: dict[str, float] = field(default_factory=dict)
     dtype: str = "float32"  # the voxel type to store ``enhanced`` in (its values already fit it)
+    # enhance(adapt=..., keep_adapted=True): the adapted network's state dict (None when not asked or not kept)
+    adapted_weights: Optional[dict[str, Any]] = field(default=None, repr=False)
 
     @property
     def difference(self) -> Volume:
@@ -141,12 +145,14 @@ def _timed(ctx: dict[str, Any], stage: str) -> Iterator[None]:
         ctx["timings"][stage] = ctx["timings"].get(stage, 0.0) + time.perf_counter() - t0
 
 
-def _report(ctx: dict[str, Any], done: int, total: int, stage: str = "inference", message: str = "") -> None:
+def _report(ctx: dict[str, Any], done: int, total: int, stage: str = "inference", message: str = "",
+            eta: Optional[float] = None) -> None:
     if ctx["cancel"] is not None and ctx["cancel"]():
         raise CancelledError("cancelled by the user")
     if ctx["progress"] is not None:
         elapsed = time.perf_counter() - ctx["t0"]
-        eta = 0.0 if total and done == total else None
+        if eta is None and total and done == total:
+            eta = 0.0
         ctx["progress"](Progress(done, total, elapsed, eta, message=message, stage=stage))
 
 
@@ -221,11 +227,13 @@ def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: d
 
     halo = int(getattr(net, "tile_halo", getattr(net, "halo", 16)))  # tile_halo: where the net allows less
     with _timed(ctx, "normalise"):
-        array, norm = normalise.forward(_clip_outliers(volume.array, ctx["messages"]), spec.normalisation)
+        array, norm = normalise.forward(guards.clip_outliers(volume.array, ctx["messages"]), spec.normalisation)
     if "noise_percent" in norm:
         logger.info("noise level estimated: %.2f %% of the 99.5th percentile", norm["noise_percent"])
     elif "noise_hu" in norm:
         logger.info("noise level estimated: %.1f HU (soft tissue)", norm["noise_hu"])
+    if ctx["adapt"]:
+        net = _adapted(net, spec, array, volume, scale, ctx, device)
 
     def make_net(dev: torch.device) -> Any:
         moved = place(net, dev)
@@ -243,6 +251,23 @@ def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: d
     ctx["precision_used"] = precision_name(autocast_dtype(used, ctx["precision"]))
     logger.info("ran on %s in %s", used, ctx["precision_used"])
     return result
+
+
+def _adapted(net: Any, spec: ModelSpec, array: np.ndarray, volume: Volume, scale: Scale, ctx: dict[str, Any],
+             device: Any) -> Any:
+    """A copy of ``net`` fine-tuned on the normalised input for ``ctx["adapt"]`` seconds (engine.adapt), its
+    weights kept in ``ctx["adapted_weights"]`` when asked; the cached network is left as it is."""
+    budget = float(ctx["adapt"])
+
+    def report(spent: float, message: str) -> None:
+        _report(ctx, min(int(spent), int(budget)), int(budget), "adapting", message, eta=max(0.0, budget - spent))
+
+    with _timed(ctx, "adapt"):
+        tuned, info = adaptation.adapt(net, spec, array, volume, scale, budget, device, report)
+    ctx["messages"].append(info.summary())
+    if ctx["keep_adapted"] and info.kept:
+        ctx["adapted_weights"] = {k: v.detach().cpu().clone() for k, v in tuned.state_dict().items()}
+    return tuned
 
 
 def _tiles(array: np.ndarray, volume: Volume, spec: ModelSpec, scale: Scale, make_net: Callable[[Any], Any],
@@ -290,58 +315,12 @@ def _denormalise(out: np.ndarray, grid: Volume, norm: dict[str, Any], volume: Vo
     return _nonnegative(spec, volume, result)
 
 
-def _clip_outliers(array: np.ndarray, messages: list[str]) -> np.ndarray:
-    """The network's copy of the voxels with the few far outside the robust range clipped to it (a couple of
-    1e30 voxels would otherwise set the normalisation and shift the whole output); the input stays as it is."""
-    lo, hi = normalise.robust_range(array)
-    low, high = int(np.count_nonzero(array < lo)), int(np.count_nonzero(array > hi))
-    if not low and not high:
-        return array
-    messages.append(f"clipped {low + high} outlier voxel(s) (from {float(array.min()):.4g} to "
-                    f"{float(array.max()):.4g}) to the robust range [{lo:.4g}, {hi:.4g}] for the network; the "
-                    "output does not reproduce their values")
-    return np.clip(array, lo, hi)
-
-
 def _min_tile(spec: ModelSpec) -> int:
     """Smallest useful tile core: twice the net's halo (below it each tile computes more than 8x its own voxels
     again, for nothing) and 8 voxels in any case. Classical models run in one piece: 8."""
     if spec.kind != "learned":
         return 8
     return max(8, 2 * int(getattr(_load_network(spec.name), "halo", 16)))
-
-
-# An integer file with this few distinct values is a label map (segmentation, mask): interpolation and
-# denoising would turn its labels into meaningless in-between values.
-LABEL_MAP_MAX_VALUES = 32
-
-
-def _refuse_label_map(volume: Volume) -> None:
-    """Refuse a volume read from an integer file (``metadata["dtype"]``) with few distinct values."""
-    if not str(volume.metadata.get("dtype", "float")).startswith(("int", "uint")):
-        return
-    flat = volume.array.ravel()
-    if len(np.unique(flat[:: max(1, flat.size // 100_000)])) > LABEL_MAP_MAX_VALUES:
-        return  # a sample already has many values: an image (the full count below costs a sort)
-    distinct = len(np.unique(flat))
-    if distinct <= LABEL_MAP_MAX_VALUES:
-        raise InputError(f"the input looks like a label map ({distinct} distinct integer values): enhancing "
-                         "would blur its labels into meaningless values; pass --force (force=True) to enhance "
-                         "it anyway")
-
-
-def _keep_dtype(enhanced: Volume, dtype: str, messages: list[str]) -> Volume:
-    """Round and clip ``enhanced`` into the input's integer type (``dtype="keep"``), saying how many voxels
-    were clipped."""
-    if dtype.startswith("float"):
-        return enhanced
-    info = np.iinfo(np.dtype(dtype))
-    rounded = np.rint(enhanced.array)
-    clipped = int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))
-    if clipped:
-        messages.append(f"--dtype keep: {clipped} voxel(s) outside the {dtype} range [{info.min}, {info.max}] "
-                        "were clipped to it")
-    return enhanced.with_array(np.clip(rounded, info.min, info.max).astype(np.float32))
 
 
 RUNNERS: dict[str, Callable[[ModelSpec, Volume, Scale, dict[str, Any]], Volume]] = {
@@ -368,6 +347,8 @@ def enhance(
     uncertainty: bool = False,
     consistency: Optional[bool] = None,
     ensemble: Optional[int] = None,
+    adapt: float = 0.0,
+    keep_adapted: bool = False,
 ) -> EnhanceResult:
     """Enhance ``volume``; returns the enhanced volume (output grid), the difference map and ``extras``.
 
@@ -384,6 +365,9 @@ def enhance(
     ``extras["residual"]`` (input grid) is always there when the output grid nests with the input's.
     ``ensemble``: flip-ensemble members of a learned model (None: the model's own number, 8 for the bundled
     models); fewer is proportionally faster (with the uncertainty map, the spread of that many members).
+    ``adapt``: seconds to fine-tune a copy of a learned model on pairs made from this volume first (engine.adapt:
+    SMORE for through-plane, ZSSR for isotropic SR, Noise2Self for denoising); 0 = off. ``keep_adapted``: put
+    the adapted state dict in ``result.adapted_weights`` (otherwise it is dropped with the run).
     """
     t0 = time.perf_counter()
     validate(volume)
@@ -404,7 +388,7 @@ def enhance(
     if modality not in ("mr", "ct"):
         raise InputError(f"unknown modality {modality!r}; use mr, ct or auto")
     if not force:
-        _refuse_label_map(volume)
+        guards.refuse_label_map(volume)
     messages: list[str] = []
     if named is None:
         spec = select_model(task, modality, factors)
@@ -419,6 +403,11 @@ def enhance(
     if tile is not None and tile < _min_tile(spec):
         raise InputError(f"tile {tile} is too small for {spec.name}: at least {_min_tile(spec)} voxels (twice its "
                          "halo; smaller tiles recompute their surroundings many times over), or leave it out")
+    if adapt < 0 or not math.isfinite(adapt):
+        raise InputError(f"adapt is a time budget in seconds (>= 0), got {adapt}")
+    if adapt and not adaptation.available(spec):
+        raise InputError(f"adaptation is not available for {spec.kind} model {spec.name}: it needs a learned "
+                         "super-resolution or denoising model")
     if uncertainty and spec.kind == "classical":
         raise InputError(f"uncertainty is not available for classical model {spec.name}")
     if uncertainty and not hasattr(_load_network(spec.name), "members"):
@@ -441,7 +430,8 @@ def enhance(
                            # a plain run uses the model's chosen number of members; an uncertainty map the full
                            # ensemble its calibration was fitted with (unless asked otherwise)
                            "ensemble": ensemble if ensemble is not None or uncertainty else spec.default_ensemble,
-                           "ensemble_asked": ensemble is not None, "timings": {}}
+                           "ensemble_asked": ensemble is not None, "timings": {}, "adapt": float(adapt),
+                           "keep_adapted": keep_adapted}
     logger.info("model %s: %s", spec.name, spec.summary)
     enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
     kind = spec.acquisition or data_consistency.default_acquisition(modality, factors)
@@ -454,7 +444,7 @@ def enhance(
     done = last.total if last is not None and last.total else 1
     _report(ctx, done, done, "finishing", "residual map")
     out_dtype = str(volume.metadata.get("dtype", "float32")) if dtype == "keep" else "float32"
-    enhanced = _keep_dtype(enhanced, out_dtype, messages)
+    enhanced = guards.keep_dtype(enhanced, out_dtype, messages)
 
     def difference() -> Volume:
         reference = volume if task in SAME_GRID else resample_to(volume, enhanced, "bspline")
@@ -472,7 +462,7 @@ def enhance(
                                                              uncertainty_constants(spec, messages))
     return EnhanceResult(enhanced, difference, spec.name, task, factors, ctx["device_used"],
                          time.perf_counter() - t0, messages, extras, precision=ctx["precision_used"],
-                         dtype=out_dtype, timings=ctx["timings"])
+                         dtype=out_dtype, timings=ctx["timings"], adapted_weights=ctx.get("adapted_weights"))
 
 
 def _project(spec: ModelSpec, volume: Volume, enhanced: Volume, factors: Scale, messages: list[str]) -> Volume:

@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="device for learned models (default: %(default)s)")
     parser.add_argument("--ensemble", type=int, default=None,
                         help="flip-ensemble members of the learned models (default: each model's own)")
+    parser.add_argument("--adapt", type=float, default=0.0, metavar="SECONDS",
+                        help="also run each learned model adapted to each input for SECONDS (enhance --adapt), "
+                             "judged as its own row")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and SimpleITK")
     parser.add_argument("--no-png", action="store_true", help="skip the PNG figures")
     parser.add_argument("--cache", default=None,
@@ -118,7 +121,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     settings = BenchSettings(cases=cases, models=models, crop=args.crop or None, tune_block=args.tune_block,
                              seed=args.seed, photons=args.photons, electronic_noise=args.electronic_noise,
                              n_angles=args.n_angles, device=args.device, png=not args.no_png, cache=args.cache,
-                             command=_command_line(), extra={"threads": args.threads, "ensemble": args.ensemble})
+                             command=_command_line(), extra={"threads": args.threads, "ensemble": args.ensemble,
+                                                         "adapt": args.adapt})
     report = run_bench(volumes, args.out, settings)
     if not args.quiet:
         text = markdown(report)

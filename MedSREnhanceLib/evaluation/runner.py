@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from ..engine.adapt import available as adaptation_available
 from ..engine.enhance import SAME_GRID
 from ..models import registry
 from . import baselines
@@ -111,14 +112,17 @@ def _learned_rows(case: Case, bv: BenchVolume, inp: Any, name: str, scorer: Scor
     """A learned model's row (its default) with its trust figures; for an SR model with an acquisition model, also
     the same model with the data-consistency projection switched the other way (kind "ablation": not judged)."""
     spec = registry.get(name)
-    variants: list[tuple[str, str, Optional[bool]]] = [(name, "learned", None)]
+    variants: list[tuple[str, str, Optional[bool], float]] = [(name, "learned", None, 0.0)]
     if case.task == "sr" and spec.acquisition:
         other = not spec.consistency_default
-        variants.append((f"{name} (consistency {'on' if other else 'off'})", "ablation", other))
+        variants.append((f"{name} (consistency {'on' if other else 'off'})", "ablation", other, 0.0))
+    adapt = float(settings.extra.get("adapt") or 0.0)
+    if adapt and adaptation_available(spec):  # judged like the plain model: it is what --adapt gives a user
+        variants.append((f"{name} (adapted {adapt:g} s)", "learned", None, adapt))
     rows = []
-    for label, kind, consistency in variants:
+    for label, kind, consistency, seconds_adapt in variants:
         result, seconds = run_learned(inp, case, name, settings.device, consistency=consistency,
-                                      ensemble=settings.extra.get("ensemble"))
+                                      ensemble=settings.extra.get("ensemble"), adapt=seconds_adapt)
         scores, grid = scorer.score(result.enhanced)
         rows.append({"model": label, "kind": kind, "params": {}, "tuned_for": None, "metrics": scores,
                      "seconds": seconds, "grid": grid, "messages": list(result.messages),

@@ -51,7 +51,7 @@ class EnhanceJob:
 
     def __init__(self, input_node: Any, *, task: str, model: str = "auto", scale: Any = 1, device: str = "auto",
                  modality: str = "auto", tile: Optional[int] = None, precision: str = "auto",
-                 enhanced_node: Any = None, difference_node: Any = None,
+                 adapt: float = 0.0, enhanced_node: Any = None, difference_node: Any = None,
                  progress_callback: Optional[ProgressFn] = None,
                  completed_callback: Optional[Callable[[JobOutcome], None]] = None,
                  log_callback: Optional[LogFn] = None, python: Optional[str] = None) -> None:
@@ -72,6 +72,8 @@ class EnhanceJob:
             modality = volume.metadata["modality"]  # DICOM Modality from the node, as the blocking call does
         options = dict(task=task, model=model, scale=list(self.scale), device=device, modality=modality,
                        tile=tile or None, precision=precision)
+        if adapt:  # seconds of self-supervised adaptation in the child before it enhances (engine.adapt)
+            options["adapt"] = float(adapt)
         self._process = EngineProcess(volume, options, python=python)
         self._cancel_requested = False
         self._child_error: Optional[dict[str, Any]] = None
@@ -225,21 +227,24 @@ class EnhanceLogic:
                 device: str = "auto", *, modality: str = "auto", tile: Optional[int] = None,
                 precision: str = "auto", enhancedVolumeNode: Any = None, differenceVolumeNode: Any = None,
                 progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
-                uncertainty: bool = False, showUncertainty: bool = False) -> tuple[Any, ...]:  # noqa: N803
-        """Blocking: returns (enhancedNode, differenceNode), or with ``uncertainty=True`` also uncertaintyNode."""
+                uncertainty: bool = False, showUncertainty: bool = False,  # noqa: N803
+                adapt: float = 0.0) -> tuple[Any, ...]:
+        """Blocking: returns (enhancedNode, differenceNode), or with ``uncertainty=True`` also uncertaintyNode.
+        ``adapt``: seconds of self-supervised adaptation to the input first (0 = off)."""
         return enhance_volume_node(inputVolumeNode, task=task, model=model, scale=scale, device=device,
                                    progress=progress, cancel=cancel, enhanced_node=enhancedVolumeNode,
                                    difference_node=differenceVolumeNode, modality=modality, tile=tile,
-                                   precision=precision, uncertainty=uncertainty, show_uncertainty=showUncertainty)
+                                   precision=precision, uncertainty=uncertainty, show_uncertainty=showUncertainty,
+                                   adapt=adapt)
 
     def processAsync(self, inputVolumeNode: Any, task: str = "sr", model: str = "auto", scale: Any = 2,  # noqa: N802,N803
                      device: str = "auto", *, modality: str = "auto", tile: Optional[int] = None,
                      precision: str = "auto", enhancedVolumeNode: Any = None, differenceVolumeNode: Any = None,
                      progressCallback: Optional[ProgressFn] = None,
                      completedCallback: Optional[Callable[[JobOutcome], None]] = None,
-                     logCallback: Optional[LogFn] = None) -> EnhanceJob:
+                     logCallback: Optional[LogFn] = None, adapt: float = 0.0) -> EnhanceJob:
         """Non-blocking: starts the engine process and returns its EnhanceJob; the caller drives ``job.poll()``."""
         return EnhanceJob(inputVolumeNode, task=task, model=model, scale=scale, device=device, modality=modality,
-                          tile=tile, precision=precision, enhanced_node=enhancedVolumeNode,
+                          tile=tile, precision=precision, adapt=adapt, enhanced_node=enhancedVolumeNode,
                           difference_node=differenceVolumeNode, progress_callback=progressCallback,
                           completed_callback=completedCallback, log_callback=logCallback).start()

@@ -217,7 +217,7 @@ def normalised_scale(task: str, scale: Any) -> tuple[float, float, float]:
 
 def _engine_call(volume: Volume, *, task: str, model: str, modality: str, scale: Sequence[float], device: str,
                  tile: Optional[int], precision: str, progress: Optional[ProgressFn],
-                 cancel: Optional[CancelFn], uncertainty: bool = False) -> Any:
+                 cancel: Optional[CancelFn], uncertainty: bool = False, adapt: float = 0.0) -> Any:
     """MedSREnhanceLib.enhance.enhance with the options it supports (imported here: it pulls in torch)."""
     from ..engine.enhance import enhance
 
@@ -225,6 +225,8 @@ def _engine_call(volume: Volume, *, task: str, model: str, modality: str, scale:
                                   tile=tile or None, progress=progress, cancel=cancel)
     if uncertainty:
         kwargs["uncertainty"] = True
+    if adapt:
+        kwargs["adapt"] = float(adapt)
     if precision and precision != "auto":
         if "precision" in inspect.signature(enhance).parameters:
             kwargs["precision"] = precision
@@ -368,25 +370,27 @@ def compute(
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelFn] = None,
     uncertainty: bool = False,
+    adapt: float = 0.0,
 ) -> Any:
     """Read the node (scene thread) and run the engine; returns the EnhanceResult, touching no node."""
     return compute_volume(volume_from_node(input_node), task=task, model=model, scale=scale, device=device,
                           modality=modality, tile=tile, precision=precision, progress=progress, cancel=cancel,
-                          uncertainty=uncertainty)
+                          uncertainty=uncertainty, adapt=adapt)
 
 
 def compute_volume(volume: Volume, *, task: str, model: str = "auto", scale: Any = 1, device: str = "auto",
                    modality: str = "auto", tile: Optional[int] = None, precision: str = "auto",
                    progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
-                   uncertainty: bool = False) -> Any:
-    """The engine call alone (safe in a worker thread: no MRML access)."""
+                   uncertainty: bool = False, adapt: float = 0.0) -> Any:
+    """The engine call alone (safe in a worker thread: no MRML access). ``adapt``: seconds of self-supervised
+    adaptation to this volume first (engine.adapt; 0 = off)."""
     if task not in helpers.TASKS:
         raise InputError(f"unknown task {task!r}; expected one of {', '.join(helpers.TASKS)}")
     if modality == "auto" and volume.metadata.get("modality"):
         modality = volume.metadata["modality"]
     result = _engine_call(volume, task=task, model=model, modality=modality, scale=normalised_scale(task, scale),
                           device=device, tile=tile, precision=precision, progress=progress, cancel=cancel,
-                          uncertainty=uncertainty)
+                          uncertainty=uncertainty, adapt=adapt)
     # A cancel that arrives during the last tile still wins: the user asked for the scene to stay as it was.
     if cancel is not None and cancel():
         raise CancelledError("cancelled by the user")
@@ -412,6 +416,7 @@ def enhance_volume_node(
     uncertainty: bool = False,
     uncertainty_node: Any = None,
     show_uncertainty: bool = False,
+    adapt: float = 0.0,
 ) -> tuple[Any, ...]:
     """Enhance ``input_node`` (blocking) and return (enhanced, difference) volume nodes; with ``uncertainty=True``
     (enhanced, difference, uncertainty): the expected absolute error per voxel, shown with Inferno colours from 0
@@ -425,7 +430,7 @@ def enhance_volume_node(
     or changed.
     """
     result = compute(input_node, task=task, model=model, scale=scale, device=device, modality=modality, tile=tile,
-                     precision=precision, progress=progress, cancel=cancel, uncertainty=uncertainty)
+                     precision=precision, progress=progress, cancel=cancel, uncertainty=uncertainty, adapt=adapt)
     nodes = apply_result(input_node, result, task=task, scale=normalised_scale(task, scale),
                          enhanced_node=enhanced_node, difference_node=difference_node,
                          uncertainty_node=uncertainty_node)

@@ -46,7 +46,8 @@ def task_fields(cfg: Config) -> dict[str, Any]:
     if task == "sr":
         return {"task": "sr", "modality": "mr", "scale_mode": "isotropic", "scales": [cfg.degrade.scale]}
     if task == "throughplane":
-        return {"task": "sr", "modality": "mr", "scale_mode": "axis", "scale_min": cfg.degrade.factor_range[0],
+        modality = "ct" if normalisation_of(cfg) == "ct" else "mr"
+        return {"task": "sr", "modality": modality, "scale_mode": "axis", "scale_min": cfg.degrade.factor_range[0],
                 "scale_max": cfg.degrade.factor_range[1]}
     return dict(_SAME_GRID[task])
 

@@ -162,8 +162,9 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
         raise ValueError(f"[train] precision must be fp32 or bf16, not {cfg.train.precision!r}")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ValueError(f"[train] ema_decay must be in [0, 1), not {cfg.train.ema_decay}")
-    allowed = {"denoise-mr": ("mr", "mr-noise"), "denoise-ct": ("ct", "ct-noise")}.get(cfg.data.task, ())
-    if cfg.data.normalisation and cfg.data.normalisation not in allowed:  # only the denoising sources read it
+    allowed = {"denoise-mr": ("mr", "mr-noise"), "denoise-ct": ("ct", "ct-noise"),
+               "throughplane": ("mr", "ct")}.get(cfg.data.task, ())
+    if cfg.data.normalisation and cfg.data.normalisation not in allowed:  # only these sources read it
         raise ValueError(f"[data] normalisation {cfg.data.normalisation!r} is not one task {cfg.data.task} "
                          f"can use ({', '.join(allowed) or 'none: it uses its own'})")
     if cfg.degrade.target_noise_max < 0.0:

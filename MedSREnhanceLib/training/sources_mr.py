@@ -71,12 +71,22 @@ class SRSource(PairSource):
 
 
 class ThroughPlaneSource(PairSource):
-    """Thick slices along one axis (random factor and profile) -> B-spline onto the HR grid; 2D (D, L) patches."""
+    """Thick slices along one axis (random factor and profile) -> B-spline onto the HR grid; 2D (D, L) patches.
+
+    MR ("mr" normalisation) or CT in HU ("ct": clipped to CT_HU_RANGE, no z-scored copies). Only fine axes are
+    thickened, so a thick-slice training volume gives its in-plane planes (SMORE's trick: the in-plane resolution
+    stands in for the through-plane one it lacks)."""
+
+    CT_HU_RANGE = (-1024.0, 3071.0)  # padding outside a CT's field of view (-2048, -3024) reads as air
 
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
         super().__init__(cfg, ids, rng)
-        self.bases = _mr_variants(self.vols, cfg.data.zscore_variants)
-        self.weights = [structure_weights(v.array / robust_max(v.array), 4) for v in self.bases]
+        self.kind = normalisation_of(cfg)
+        if self.kind == "ct":
+            self.bases = [v.with_array(np.clip(v.array, *self.CT_HU_RANGE)) for v in self.vols]
+        else:
+            self.bases = _mr_variants(self.vols, cfg.data.zscore_variants)
+        self.weights = [structure_weights(normalise_forward(v.array, self.kind)[0], 4) for v in self.bases]
         self.items: list[tuple[np.ndarray, np.ndarray, int, list[int], np.ndarray]] = []
         self.records: list[dict[str, Any]] = []
         self.refresh()
@@ -99,11 +109,11 @@ class ThroughPlaneSource(PairSource):
             factors = [1.0, 1.0, 1.0]
             factors[axis] = f
             up = resample_scale(lr, tuple(factors), "bspline")  # type: ignore[arg-type]
-            _, params = normalise_forward(lr.array, "mr")
+            _, params = normalise_forward(lr.array, self.kind)  # from the thick volume, as at inference
             shape = tuple(min(a, b) for a, b in zip(up.array.shape, vol.array.shape))
             crop = tuple(slice(0, n) for n in shape)
-            up_n = (up.array[crop] / params["scale"]).astype(np.float32)
-            hr_n = (vol.array[crop] / params["scale"]).astype(np.float32)
+            up_n = ((up.array[crop] - params["offset"]) / params["scale"]).astype(np.float32)
+            hr_n = ((vol.array[crop] - params["offset"]) / params["scale"]).astype(np.float32)
             self.items.append((up_n, hr_n, axis, [a for a in axes if a != axis], w))
             self.records.append(record)
 
