@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from MedSREnhanceLib.models.denoiser import Denoiser
+from MedSREnhanceLib.models.motionnet import MotionNet
 from MedSREnhanceLib.models.srnet import SRNet, pixel_shuffle_nd
 from MedSREnhanceLib.models.throughplane import ThroughPlaneNet
 
@@ -183,3 +184,29 @@ def test_denoiser_self_ensemble_is_flip_equivariant() -> None:
         assert not torch.allclose(single(x.flip(3)), single(x).flip(3), atol=1e-5)  # one pass alone is not
     with pytest.raises(ValueError):
         Denoiser(spatial_dims=2, ensemble=8)
+
+
+def test_motionnet_fuses_three_orientations_and_tiles_exactly_with_its_halo() -> None:
+    """The 2D U-Net on the slices across D, H and W, averaged; its receptive field (31-38 voxels in-plane by phase
+    on the 8-voxel grid) within the halo; tiles on that grid with the halo give the whole volume's output."""
+    from MedSREnhanceLib.engine.inference import tiled_apply
+
+    torch.manual_seed(0)
+    net = MotionNet(channels=4, spatial_dims=3, slice_batch=5).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.3)
+    x = torch.rand(1, 1, 9, 12, 10)
+    with torch.no_grad():
+        y = net(x)
+        across_d = torch.stack([net.net2d(x[:, :, d]) for d in range(9)], 2)
+        across_h = torch.stack([net.net2d(x[:, :, :, h]) for h in range(12)], 3)
+        across_w = torch.stack([net.net2d(x[..., w]) for w in range(10)], 4)
+    torch.testing.assert_close(y, (across_d + across_h + across_w) / 3, rtol=1e-4, atol=1e-3)
+    radii = [_farthest_influence(net.net2d, (96, 96), (c, c)) for c in (48, 55)]  # the nearest and farthest phases
+    assert max(radii) <= net.halo and net.halo - 8 < max(radii) and net.halo % net.shift_multiple == 0
+    vol = torch.rand(24, 104, 96).numpy()
+    with torch.no_grad():
+        whole = net(torch.from_numpy(vol)[None, None])[0, 0].numpy()
+    tiled = tiled_apply(vol, net, tile=(24, 16, 16), halo=net.halo, mode="crop")
+    assert abs(tiled - whole).max() <= 1e-4 * abs(whole).max()

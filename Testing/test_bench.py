@@ -44,6 +44,10 @@ def test_parse_case_names_and_parameters() -> None:
     assert cases.parse_case("mr-denoise-5").params["level"] == pytest.approx(0.05)
     assert cases.parse_case("ct-lowdose").params["photons_per_ray"] == cases.DEFAULT_PHOTONS
     assert cases.parse_case("ct-lowdose-1e4").params["photons_per_ray"] == 1e4
+    c = cases.parse_case("ct-throughplane-x3")  # default: the thin in-plane axis j
+    assert (c.modality, c.task, c.scale, c.params["axis"]) == ("ct", "sr", (1.0, 3.0, 1.0), 1)
+    c = cases.parse_case("ct-throughplane-x2.5-k")
+    assert c.scale == (1.0, 1.0, 2.5) and c.params["axis"] == 2 and c.params["thickness_factor"] == 2.5
     with pytest.raises(ValueError, match="unknown case"):
         cases.parse_case("mr-magic")
 

@@ -224,6 +224,13 @@ def _loss(torch: Any, pred: Any, target: Any) -> Any:
     return (pred - target).abs().mean()
 
 
+def _keep_best(loss: float, best: float, best_state: Any, net: Any) -> tuple[float, Any]:
+    """(best loss, its weights): ``net``'s current weights when ``loss`` beats ``best``."""
+    if loss < best:
+        return loss, {k: t.detach().clone() for k, t in net.state_dict().items()}
+    return best, best_state
+
+
 def adapt(net: Any, spec: ModelSpec, array: np.ndarray, volume: Volume, scale: Scale, seconds: float,
           device: Any, report: ReportFn, seed: int = 0) -> tuple[Any, Adaptation]:
     """A copy of ``net`` fine-tuned on ``array`` (the normalised input, (z, y, x)) for about ``seconds`` (pair
@@ -248,24 +255,29 @@ def adapt(net: Any, spec: ModelSpec, array: np.ndarray, volume: Volume, scale: S
         module.train()
         return loss
 
+    t_val = time.perf_counter()
     before = best = validate()
+    t_val = time.perf_counter() - t_val  # what the closing validation pass will cost
     best_state = None
     optimiser = torch.optim.Adam(module.parameters(), lr=LEARNING_RATE)
-    steps, next_val = 0, time.perf_counter() + VAL_EVERY * seconds
-    while time.perf_counter() < deadline:
+    steps, t_step, next_val, validated = 0, 0.0, time.perf_counter() + VAL_EVERY * seconds, True
+    # step while the next step and a closing validation still fit in the budget
+    while time.perf_counter() + t_step + t_val < deadline:
+        t = time.perf_counter()
         x, y = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in train.batch(batch, rng))
         loss = _loss(torch, module(x), y)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         steps += 1
-        now = time.perf_counter()
-        if now >= next_val or now >= deadline:
-            v = validate()
-            if v < best:
-                best, best_state = v, {k: t.detach().clone() for k, t in tuned.state_dict().items()}
-            next_val = time.perf_counter() + VAL_EVERY * seconds
-        report(now - t0, f"step {steps}, loss {loss.item():.4f}")
+        t_step = max(t_step * 0.9, time.perf_counter() - t) if steps > 1 else time.perf_counter() - t
+        validated = False
+        if time.perf_counter() >= next_val:
+            best, best_state = _keep_best(validate(), best, best_state, tuned)
+            next_val, validated = time.perf_counter() + VAL_EVERY * seconds, True
+        report(time.perf_counter() - t0, f"step {steps}, loss {loss.item():.4f}")
+    if not validated:
+        best, best_state = _keep_best(validate(), best, best_state, tuned)
     info = Adaptation(steps, time.perf_counter() - t0, before, best, best_state is not None)
     logger.info(info.summary())
     if best_state is None:

@@ -16,6 +16,8 @@ Cases are named, and the number in the name is the parameter, so extra scales an
   ct-lowdose[-{N}]       CT denoising: projection-domain low dose, N photons per ray (default --photons);
                          the reference is the noise-free reconstruction of the same pipeline
   ct-sr-x{S}             CT in-plane SR: Gaussian PSF (FWHM = LR spacing) then sampling by S on i and j
+  ct-throughplane-x{S}[-{A}]  CT thick slices: Gaussian slice profile FWHM = S voxels along axis A (i, j or k;
+                         default j, a thin axis of the 3 mm-slice CTs here), every S-th slice, enhanced along A
 
 Usage: ``python -m MedSREnhanceLib.bench ../shared/data/MANIFEST.json --ids mr_gd,lung_ct_pat_1 --out DIR``
 (``medsr bench`` takes the same arguments).
@@ -48,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ids", default=None, help="comma-separated ids (manifest ids or file stems) to keep")
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
                         help="comma-separated cases: mr-sr-x<S>, mr-throughplane-x<S>, mr-denoise-<percent>, mr-motion-<M>, "
-                             "ct-lowdose[-<photons>], ct-sr-x<S> (default: %(default)s)")
+                             "ct-lowdose[-<photons>], ct-throughplane-x<S>[-i|-j|-k], ct-sr-x<S> (default: %(default)s)")
     parser.add_argument("--models", default="auto",
                         help="learned models: auto (the one `medsr enhance --model auto` picks for each case), all "
                              "(every learned model that serves it), none, or comma-separated names")

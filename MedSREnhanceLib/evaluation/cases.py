@@ -71,12 +71,19 @@ def parse_case(name: str, photons: float = DEFAULT_PHOTONS,
         amount = float(m.group(1))
         return Case(name, "mr", "motion", "rigid_motion",
                     {"n_events": 2, "max_rotation_deg": amount, "max_translation_mm": amount, "pe_axes": [0, 1, 2]})
+    m = re.fullmatch(r"ct-throughplane-x([0-9.]+)(?:-([ijk]))?", name)
+    if m:  # default j: the CT volumes here have thick (3 mm) slices along k and ~1 mm pixels in-plane
+        s, axis = float(m.group(1)), "ijk".index(m.group(2) or "j")
+        scale = [1.0, 1.0, 1.0]
+        scale[axis] = s
+        return Case(name, "ct", "sr", "slice_profile",
+                    {"axis": axis, "thickness_factor": s, "profile": "gaussian", "gap": 0.0}, tuple(scale))
     m = re.fullmatch(r"ct-sr-x([0-9.]+)", name)
     if m:
         s = float(m.group(1))
         return Case(name, "ct", "sr", "gaussian_psf_downsample", {"scale": [s, s, 1.0]}, (s, s, 1.0))
     raise ValueError(f"unknown case {name!r}; use mr-sr-x<S>, mr-throughplane-x<S>, mr-denoise-<percent>, "
-                     "mr-motion-<degrees and mm>, ct-lowdose[-<photons>] or ct-sr-x<S>")
+                     "mr-motion-<degrees and mm>, ct-lowdose[-<photons>], ct-throughplane-x<S>[-i|-j|-k] or ct-sr-x<S>")
 
 
 def degrade_case(case: Case, gt: Volume, rng: np.random.Generator) -> tuple[Volume, Volume]:

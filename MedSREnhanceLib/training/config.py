@@ -34,6 +34,8 @@ class DataConfig:
     ct_max_slices: int = 32  # central axial slices per CT volume used for the low-dose pairs
     max_extent: int = 0  # crop every axis to at most this many central voxels (0: whole volumes)
     normalisation: str = ""  # a normalise.forward kind; "" = by task ("ct" for denoise-ct, else "mr")
+    # 2: square 2D patches across a random axis, for nets trained on slices (their ``net2d``; task motion-mr)
+    patch_dims: int = 3
 
 
 @dataclass
@@ -167,6 +169,8 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
     if cfg.data.normalisation and cfg.data.normalisation not in allowed:  # only these sources read it
         raise ValueError(f"[data] normalisation {cfg.data.normalisation!r} is not one task {cfg.data.task} "
                          f"can use ({', '.join(allowed) or 'none: it uses its own'})")
+    if cfg.data.patch_dims not in (2, 3) or (cfg.data.patch_dims == 2 and cfg.data.task != "motion-mr"):
+        raise ValueError("[data] patch_dims is 3, or 2 for task motion-mr (a net trained on slices)")
     if cfg.degrade.target_noise_max < 0.0:
         raise ValueError(f"[degrade] target_noise_max must be >= 0, not {cfg.degrade.target_noise_max}")
     down_hi = _check_range(cfg.degrade.downsample_range, "downsample_range", 1.0)

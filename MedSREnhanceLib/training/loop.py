@@ -149,8 +149,8 @@ def train_loop(cfg: Config, state: TrainState, source: PairSource, val_batch: Op
     t_start = time.time()
     last_ckpt = t_start
     state.model.train()
-    # the through-plane module trains its 2D core on (D, L) slice patches
-    net = state.model.net2d if cfg.data.task == "throughplane" else state.model
+    # the through-plane and slice-wise motion modules train their 2D core on slice patches
+    net = state.model.net2d if cfg.data.task == "throughplane" or cfg.data.patch_dims == 2 else state.model
     bar = tqdm(total=tc.steps, initial=state.step, disable=quiet, desc=cfg.model.name, mininterval=5.0)
     ema = None
     patches = 0

@@ -43,9 +43,17 @@ class MotionSource(PairSource):
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         p = self.cfg.data.patch
         x, y, w = self.items[int(self.rng.integers(len(self.items)))]
-        c = sample_corner(w, 2, x.shape, (p, p, p), self.rng)
-        sl = tuple(slice(ci, ci + p) for ci in c)
-        a, b = pad_to(x[sl], (p, p, p)), pad_to(y[sl], (p, p, p))
-        a, b = augment([a, b], self.rng, (0, 1, 2), (0, 1, 2))
+        if self.cfg.data.patch_dims == 2:  # one slice across a random axis, p x p
+            across = int(self.rng.integers(3))
+            shape = tuple(1 if a == across else p for a in range(3))
+        else:
+            shape = (p, p, p)
+        c = sample_corner(w, 2, x.shape, shape, self.rng)
+        sl = tuple(slice(ci, ci + pi) for ci, pi in zip(c, shape))
+        a, b = pad_to(x[sl], shape), pad_to(y[sl], shape)
+        if self.cfg.data.patch_dims == 2:
+            a, b = a.reshape(p, p), b.reshape(p, p)
+        axes = tuple(range(a.ndim))
+        a, b = augment([a, b], self.rng, axes, axes)
         gain = float(self.rng.uniform(0.75, 1.25))
         return (a * gain).astype(np.float32), (b * gain).astype(np.float32)
