@@ -113,6 +113,22 @@ def test_child_job_gives_the_blocking_voxels_and_reports_while_the_gil_is_held(s
     assert not alive(pid) and not folder.exists() and temp_entries() <= before
 
 
+def test_child_job_adapts_within_its_budget_then_enhances(scene):
+    """The panel's "Adapt to this volume": the child fine-tunes for the budget (progress stage "adapting" with an
+    ETA), then enhances; the message says what the adaptation did."""
+    node = mr_node((12, 48, 48))  # 1.8 mm slices along k: through-plane x2
+    reports: list = []
+    job = mrml.EnhanceJob(node, task="sr", model="mr-throughplane", scale=(1, 1, 2), device="cpu", adapt=4,
+                          progress_callback=reports.append).start()
+    hold_gil_poll(job, timeout=120)
+    outcome = job.outcome
+    assert outcome is not None and outcome.ok, outcome.error
+    adapting = [r for r in reports if r.stage == "adapting"]
+    assert adapting and all(r.eta is not None and r.total == 4 for r in adapting)
+    assert any(m.startswith("adapted to this volume") for m in outcome.messages)
+    assert slicer.util.arrayFromVolume(outcome.enhanced_node).shape == (24, 48, 48)
+
+
 def test_cancel_ends_within_seconds_and_leaves_nothing(scene):
     node = mr_node((40, 40, 40))
     n = scene.GetNumberOfNodes()
