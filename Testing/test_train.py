@@ -83,6 +83,7 @@ SR_MODEL = 'arch = "srnet"\nbuilder = "SRNet"\nkwargs = { scale = 2, channels = 
 TP_MODEL = ('arch = "throughplane"\nbuilder = "ThroughPlaneNet"\n'
             'kwargs = { channels = 4, dilations = [1, 2, 1], spatial_dims = 3 }')
 DN_MODEL = 'arch = "denoiser"\nbuilder = "Denoiser"\nkwargs = { channels = 4, spatial_dims = 3 }'
+MOTION_MODEL = 'arch = "motionnet"\nbuilder = "MotionNet"\nkwargs = { channels = 2, spatial_dims = 3 }'
 
 
 @pytest.mark.parametrize("task,model,ids,degrade", [
@@ -365,6 +366,42 @@ def test_motion_source_pairs_a_moved_input_with_the_still_target(tmp_path: Path,
     assert abs(float(np.percentile(y[y > 0], 99.5)) - 1.0) < 0.1
     a, b = src.sample()
     assert a.shape == b.shape == (12, 12, 12)
+
+
+def test_motion_slices_train_the_2d_net(tmp_path: Path, data_root: Path) -> None:
+    """patch_dims = 2: square slices across a random axis, and the loop trains MotionNet's 2D core on them."""
+    from MedSREnhanceLib.training.sources_motion import MotionSource
+
+    cfg_path = _write_config(tmp_path, data_root, "motion-mr", MOTION_MODEL, '["mr_a", "mr_aniso"]',
+                             "motion_rotation_deg = [2.0, 3.0]\nmotion_translation_mm = [2.0, 3.0]")
+    cfg_path.write_text(cfg_path.read_text().replace("patch = 12", "patch = 16\npatch_dims = 2"))
+    cfg = config.load_config(cfg_path)
+    a, b = MotionSource(cfg, ["mr_a"], np.random.default_rng(0)).sample()
+    assert a.shape == b.shape == (16, 16)
+    weights = loop.run_training(str(cfg_path), quiet=True)
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["task"] == "motion" and card["arch"] == "motionnet" and card["training"]["steps"] == 2
+    other = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]")
+    other.write_text(other.read_text().replace("patch = 12", "patch = 12\npatch_dims = 2"))
+    with pytest.raises(ValueError, match="patch_dims"):  # only the slice-trained motion net reads it
+        config.load_config(other)
+
+
+def test_ct_throughplane_source_thickens_in_plane_axes_in_hu(tmp_path: Path, data_root: Path) -> None:
+    """normalisation = "ct": HU clipped to -1024..3071 and scaled as at inference; a 3 mm-slice CT is only
+    thickened along its fine in-plane axes; the card says CT."""
+    path = _write_config(tmp_path, data_root, "throughplane", TP_MODEL, '["ct_a"]', "factor_range = [2.0, 3.0]")
+    path.write_text(path.read_text().replace('val_ids = ["mr_b"]', "val_ids = []").replace(
+        "patch = 12", 'patch = 12\nnormalisation = "ct"\nzscore_variants = false'))
+    cfg = config.load_config(path)
+    src = sources_mr.ThroughPlaneSource(cfg, ["ct_a"], np.random.default_rng(0))
+    up, hr, axis, others, _ = src.items[0]
+    assert axis in (0, 1) and others == [1 - axis]  # i or j: k (3 mm) is never the one thickened
+    hu = normalise.forward(np.array([-1000.0, 0.0]), "ct")[0]
+    assert np.isclose(hr.min(), hu[0]) and abs(float(np.median(hr[hr > 0.5])) - 0.94) < 0.1  # air, tissue ~-60 HU
+    weights = loop.run_training(str(path), quiet=True)
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert (card["modality"], card["normalisation"], card["task"]) == ("ct", "ct", "sr")
 
 
 def test_motion_options_belong_to_the_motion_task(tmp_path: Path, data_root: Path) -> None:
