@@ -91,6 +91,15 @@ def _mr_sr(scale: int, sha256: str, default_ensemble: int | None = None, consist
                      consistency_default=consistency, default_ensemble=default_ensemble)
 
 
+def _throughplane(modality: str, summary: str, sha256: str) -> ModelSpec:
+    """The through-plane models share one architecture; MR is normalised by its robust maximum, CT in HU."""
+    return ModelSpec(f"{modality}-throughplane", "sr", "learned", (modality,), summary,
+                     arch="throughplane", builder="ThroughPlaneNet",
+                     kwargs={"channels": 32, "dilations": (1, 1, 1, 1, 1, 1, 1), "spatial_dims": 3},
+                     weights=f"{modality}-throughplane.pt", sha256=sha256, card=f"{modality}-throughplane.json",
+                     normalisation=modality, scale_mode="axis", scale_min=2.0, scale_max=6.0, acquisition="gaussian")
+
+
 def _denoiser(modality: str, summary: str, sha256: str, normalisation: str) -> ModelSpec:
     """The MR and CT denoisers share one architecture and size; weights and normalisation differ."""
     return ModelSpec(f"{modality}-denoise", "denoise", "learned", (modality,), summary,
@@ -114,13 +123,11 @@ LEARNED: tuple[ModelSpec, ...] = (
     # x4: the projection took chris_t1's crop-bench gain from +0.55 to +0.32 dB (bar 0.5; benchmarks/results/
     # sr-x4-consistency), though on the whole volume it gained +0.15: off by default until the bench crops first
     _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd", consistency=False),
-    ModelSpec("mr-throughplane", "sr", "learned", ("mr",),
-              "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
-              arch="throughplane", builder="ThroughPlaneNet", kwargs={"channels": 32, "dilations": (1, 1, 1, 1, 1, 1, 1), "spatial_dims": 3},
-              weights="mr-throughplane.pt",
-              sha256="9f47d28b7bed1caf8ea4a712177af886523adcfbdffb6e82416639c34700a383",
-              card="mr-throughplane.json", normalisation="mr", scale_mode="axis", scale_min=2.0, scale_max=6.0,
-              acquisition="gaussian"),
+    _throughplane("mr", "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
+                  "9f47d28b7bed1caf8ea4a712177af886523adcfbdffb6e82416639c34700a383"),
+    # trained on the in-plane planes of the HU volumes with weights_ok (configs/ct-throughplane.toml)
+    _throughplane("ct", "CT through-plane super-resolution in HU, slice ratio 2-6 (2D net on both slice "
+                        "orientations)", "53e68e7b6ed67c054a4019ee18954af5467e58c604466073654fac39c715c04d"),
     _denoiser("mr", "MR denoising, Rician noise 2-10% (3D residual U-Net on noise-level-normalised input)",
               "ba34167e3bd3f9c49792f3a8e41e32004d1d09051a361214891bdb96d4722449", normalisation="mr-noise"),
     _denoiser("ct", "Low-dose CT denoising, 1e4-1e5 photons per ray (3D residual U-Net on noise-level-normalised "
