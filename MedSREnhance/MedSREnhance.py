@@ -110,6 +110,8 @@ class MedSREnhanceParameterNode:
     adaptSeconds: Annotated[int, WithinRange(10, 3600)] = 180
     showLayout: bool = True
     differenceAsOverlay: bool = False
+    uncertainty: bool = False
+    uncertaintyAsOverlay: bool = False
     enhancedVolume: vtkMRMLScalarVolumeNode
     differenceVolume: vtkMRMLScalarVolumeNode
 
@@ -350,6 +352,7 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.processAsync(
                 p.inputVolume, task=p.task, model=p.model, scale=scale, device=p.device,
                 tile=p.tileSize or None, precision=p.precision, adapt=p.adaptSeconds if p.adapt else 0,
+                uncertainty=p.uncertainty,
                 enhancedVolumeNode=p.enhancedVolume, differenceVolumeNode=p.differenceVolume,
                 progressCallback=self._onProgress, completedCallback=self._onCompleted, logCallback=self._onLog)
             self._setRunning(True)
@@ -407,7 +410,9 @@ class MedSREnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "\n".join(lines)
         if p is None or p.showLayout:
             self.logic.showResults(self._runInput, outcome.enhanced_node, outcome.difference_node,
-                                   differenceAsOverlay=bool(p and p.differenceAsOverlay))
+                                   differenceAsOverlay=bool(p and p.differenceAsOverlay),
+                                   uncertaintyVolumeNode=outcome.uncertainty_node,
+                                   uncertaintyAsOverlay=bool(p and p.uncertaintyAsOverlay))
 
 
 #
@@ -540,7 +545,7 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
                      device: str = "auto", tile: Optional[int] = None, precision: str = "auto",
                      modality: str = "auto", enhancedVolumeNode=None, differenceVolumeNode=None,
                      progressCallback=None, completedCallback=None, logCallback=None, pollIntervalMs: int = 100,
-                     adapt: float = 0):
+                     adapt: float = 0, uncertainty: bool = False, showUncertainty: bool = False):
         """Non-blocking: starts the engine in a child process and returns its job at once (``job.cancel()``,
         ``job.finished``, ``job.outcome``). ``progressCallback(Progress)``, ``logCallback(str)`` and
         ``completedCallback(JobOutcome)`` run in the main thread; the outcome holds enhanced_node/difference_node,
@@ -551,7 +556,7 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
             inputVolumeNode, task=task, model=model, scale=scale, device=device, tile=tile, precision=precision,
             modality=modality, enhancedVolumeNode=enhancedVolumeNode, differenceVolumeNode=differenceVolumeNode,
             progressCallback=progressCallback, completedCallback=completedCallback, logCallback=logCallback,
-            adapt=adapt)
+            adapt=adapt, uncertainty=uncertainty, showUncertainty=showUncertainty)
         timer = qt.QTimer()
         timer.setInterval(pollIntervalMs)
 
@@ -573,15 +578,19 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
     # -- display --------------------------------------------------------------------------------------------------
 
     def showResults(self, inputVolumeNode, enhancedVolumeNode, differenceVolumeNode,
-                    differenceAsOverlay: bool = False) -> None:
-        """input | enhanced | difference in three linked slice views (or input | enhanced + difference overlay)."""
+                    differenceAsOverlay: bool = False, uncertaintyVolumeNode=None,
+                    uncertaintyAsOverlay: bool = False) -> None:
+        """input | enhanced | difference in three linked slice views (or input | enhanced + difference overlay).
+        ``uncertaintyAsOverlay``: the uncertainty map is the enhanced view's overlay instead (the difference then
+        keeps its own view)."""
         from MedSREnhanceLib.mrml import panel as helpers
 
         app = getattr(slicer, "app", None)
         layoutManager = app.layoutManager() if app is not None else None
         if layoutManager is None:  # no main window (batch, generic tests, slicer-core)
             return
-        if differenceAsOverlay:
+        overlayUncertainty = bool(uncertaintyAsOverlay and uncertaintyVolumeNode is not None)
+        if differenceAsOverlay and not overlayUncertainty:
             layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
             views = [("Red", inputVolumeNode, None), ("Yellow", enhancedVolumeNode, differenceVolumeNode)]
         else:
@@ -593,7 +602,7 @@ class MedSREnhanceLogic(ScriptedLoadableModuleLogic):
                 layoutNode.AddLayoutDescription(helpers.LAYOUT_ID, xml)
             layoutManager.setLayout(helpers.LAYOUT_ID)
             views = list(zip(helpers.VIEW_NAMES, (inputVolumeNode, enhancedVolumeNode, differenceVolumeNode),
-                             (None, None, None)))
+                             (None, uncertaintyVolumeNode if overlayUncertainty else None, None)))
         for viewName, background, foreground in views:
             sliceWidget = layoutManager.sliceWidget(viewName)
             if sliceWidget is None:

@@ -129,6 +129,31 @@ def test_child_job_adapts_within_its_budget_then_enhances(scene):
     assert slicer.util.arrayFromVolume(outcome.enhanced_node).shape == (24, 48, 48)
 
 
+def test_child_job_brings_back_the_uncertainty_node_when_asked(scene):
+    """The panel's "Uncertainty map": the child computes it, the job adds a third node (Inferno, on the enhanced
+    grid) and overlays it when asked; a classical model is refused with the scene unchanged."""
+    node = mr_node((10, 12, 11))
+    composite = slicer.vtkMRMLSliceCompositeNode()
+    scene.AddNode(composite)
+    job = mrml.EnhanceJob(node, task="sr", model=MODEL, scale=2, device="cpu", uncertainty=True,
+                          show_uncertainty=True).start()
+    hold_gil_poll(job, timeout=120)
+    outcome = job.outcome
+    assert outcome is not None and outcome.ok, outcome.error
+    unc, enh = outcome.uncertainty_node, outcome.enhanced_node
+    assert unc is not None and unc.GetAttribute(mrml.ATTR_ROLE) == "uncertainty"
+    values = slicer.util.arrayFromVolume(unc)
+    assert values.shape == slicer.util.arrayFromVolume(enh).shape and values.min() >= 0 and values.max() > 0
+    np.testing.assert_allclose(mrml.node_ijk_to_ras(unc), mrml.node_ijk_to_ras(enh), atol=1e-9)
+    assert "nferno" in scene.GetNodeByID(unc.GetDisplayNode().GetColorNodeID()).GetName()
+    assert composite.GetForegroundVolumeID() == unc.GetID() and composite.GetBackgroundVolumeID() == enh.GetID()
+    n = scene.GetNumberOfNodes()
+    refused = mrml.EnhanceJob(node, task="sr", model="linear", scale=2, device="cpu", uncertainty=True).start()
+    outcome = refused.wait(timeout=60)
+    assert isinstance(outcome.error, InputError) and "not available for classical model" in str(outcome.error)
+    assert scene.GetNumberOfNodes() == n
+
+
 def test_cancel_ends_within_seconds_and_leaves_nothing(scene):
     node = mr_node((40, 40, 40))
     n = scene.GetNumberOfNodes()

@@ -30,6 +30,7 @@ _T0 = time.perf_counter()  # before the heavy imports: "starting" is reported fr
 
 REQUEST, INPUT, RESULT = "request.json", "input.npy", "result.json"
 OUTPUTS: tuple[str, ...] = ("enhanced", "difference")
+EXTRAS: tuple[str, ...] = ("uncertainty",)  # extras the scene shows, carried back when the request asked for them
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -93,9 +94,10 @@ def read_result(folder: Path) -> Any:
 
     info = json.loads((folder / RESULT).read_text())
     volumes = {name: load_volume(folder, f"{name}.npy", info["grids"][name]) for name in OUTPUTS}
+    extras = {name: load_volume(folder, f"{name}.npy", grid) for name, grid in (info.get("extras") or {}).items()}
     return EnhanceResult(volumes["enhanced"], volumes["difference"], info["model"], info["task"],
                          tuple(info["scale"]), info["device"], float(info["seconds"]), list(info["messages"]),
-                         precision=info.get("precision", ""))
+                         extras, precision=info.get("precision", ""))
 
 
 def _progress_event(p: Any) -> dict[str, Any]:
@@ -131,10 +133,14 @@ def run(folder: Path) -> int:
         result = enhance(volume, progress=lambda p: _emit(_progress_event(p)), cancel=orphaned, **options)
         for name in OUTPUTS:
             save_array(folder, f"{name}.npy", getattr(result, name).array)
+        extras = {name: result.extras[name] for name in EXTRAS if name in result.extras}
+        for name, vol in extras.items():
+            save_array(folder, f"{name}.npy", vol.array)
         save_json(folder, RESULT, {
             "model": result.model, "task": result.task, "scale": list(result.scale), "device": result.device,
             "precision": result.precision, "seconds": result.seconds, "messages": list(result.messages),
-            "grids": {name: geometry(getattr(result, name)) for name in OUTPUTS}})
+            "grids": {name: geometry(getattr(result, name)) for name in OUTPUTS},
+            "extras": {name: geometry(vol) for name, vol in extras.items()}})
     except InputError as exc:
         _emit({"type": "error", "kind": "InputError", "message": str(exc)})
         return EXIT_BAD_INPUT

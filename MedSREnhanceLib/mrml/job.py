@@ -16,7 +16,8 @@ from ..core.errors import InputError
 from ..core.progress import Progress
 from ..engine.process import EngineProcess, EngineProcessError
 from . import panel as helpers
-from .nodes import CancelFn, ProgressFn, apply_result, enhance_volume_node, normalised_scale, volume_from_node
+from .nodes import (CancelFn, ProgressFn, apply_result, enhance_volume_node, normalised_scale,
+                    show_uncertainty_overlay, volume_from_node)
 
 LogFn = Callable[[str], None]
 
@@ -25,6 +26,7 @@ LogFn = Callable[[str], None]
 class JobOutcome:
     enhanced_node: Any = None
     difference_node: Any = None
+    uncertainty_node: Any = None  # with uncertainty=True: the expected absolute error (Inferno)
     cancelled: bool = False
     error: Optional[BaseException] = None
     model: str = ""
@@ -46,12 +48,15 @@ class EnhanceJob:
     ``log_callback`` and, once the child has ended, builds the nodes and calls ``completed_callback(JobOutcome)``
     exactly once. ``cancel()`` returns at once: the child is terminated (killed if it has not ended within half
     a second) and the scene stays as it was. ``python`` overrides the child's interpreter (default: Slicer's
-    Python in Slicer, else this one).
+    Python in Slicer, else this one). ``uncertainty=True`` (learned models) adds the uncertainty node to the
+    outcome, overlaid on the enhanced volume if ``show_uncertainty``; ``adapt`` is the seconds of
+    self-supervised adaptation the child runs first.
     """
 
     def __init__(self, input_node: Any, *, task: str, model: str = "auto", scale: Any = 1, device: str = "auto",
                  modality: str = "auto", tile: Optional[int] = None, precision: str = "auto",
-                 adapt: float = 0.0, enhanced_node: Any = None, difference_node: Any = None,
+                 adapt: float = 0.0, uncertainty: bool = False, show_uncertainty: bool = False,
+                 enhanced_node: Any = None, difference_node: Any = None, uncertainty_node: Any = None,
                  progress_callback: Optional[ProgressFn] = None,
                  completed_callback: Optional[Callable[[JobOutcome], None]] = None,
                  log_callback: Optional[LogFn] = None, python: Optional[str] = None) -> None:
@@ -62,6 +67,8 @@ class EnhanceJob:
         self.scale = normalised_scale(task, scale)
         self.enhanced_node = enhanced_node
         self.difference_node = difference_node
+        self.uncertainty_node = uncertainty_node
+        self.show_uncertainty = show_uncertainty
         self.progress_callback = progress_callback
         self.completed_callback = completed_callback
         self.log_callback = log_callback
@@ -74,6 +81,8 @@ class EnhanceJob:
                        tile=tile or None, precision=precision)
         if adapt:  # seconds of self-supervised adaptation in the child before it enhances (engine.adapt)
             options["adapt"] = float(adapt)
+        if uncertainty:  # learned models only: the child refuses a classical one with an InputError
+            options["uncertainty"] = True
         self._process = EngineProcess(volume, options, python=python)
         self._cancel_requested = False
         self._child_error: Optional[dict[str, Any]] = None
@@ -195,9 +204,14 @@ class EnhanceJob:
             return outcome
         try:
             result = self._process.load_result()
-            outcome.enhanced_node, outcome.difference_node = apply_result(
-                self.input_node, result, task=self.task, scale=self.scale,
-                enhanced_node=self.enhanced_node, difference_node=self.difference_node)
+            nodes = apply_result(self.input_node, result, task=self.task, scale=self.scale,
+                                 enhanced_node=self.enhanced_node, difference_node=self.difference_node,
+                                 uncertainty_node=self.uncertainty_node)
+            outcome.enhanced_node, outcome.difference_node = nodes[:2]
+            if len(nodes) > 2:
+                outcome.uncertainty_node = nodes[2]
+                if self.show_uncertainty:
+                    show_uncertainty_overlay(nodes[0], nodes[2])
             outcome.model = str(result.model)
             outcome.device = result.ran_on
             outcome.messages = list(result.messages)
@@ -242,9 +256,11 @@ class EnhanceLogic:
                      precision: str = "auto", enhancedVolumeNode: Any = None, differenceVolumeNode: Any = None,
                      progressCallback: Optional[ProgressFn] = None,
                      completedCallback: Optional[Callable[[JobOutcome], None]] = None,
-                     logCallback: Optional[LogFn] = None, adapt: float = 0.0) -> EnhanceJob:
+                     logCallback: Optional[LogFn] = None, adapt: float = 0.0,
+                     uncertainty: bool = False, showUncertainty: bool = False) -> EnhanceJob:  # noqa: N803
         """Non-blocking: starts the engine process and returns its EnhanceJob; the caller drives ``job.poll()``."""
         return EnhanceJob(inputVolumeNode, task=task, model=model, scale=scale, device=device, modality=modality,
-                          tile=tile, precision=precision, adapt=adapt, enhanced_node=enhancedVolumeNode,
+                          tile=tile, precision=precision, adapt=adapt, uncertainty=uncertainty,
+                          show_uncertainty=showUncertainty, enhanced_node=enhancedVolumeNode,
                           difference_node=differenceVolumeNode, progress_callback=progressCallback,
                           completed_callback=completedCallback, log_callback=logCallback).start()
