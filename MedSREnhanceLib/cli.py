@@ -320,9 +320,9 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
                    help="SR: project the output so that re-degrading it reproduces the input (default: the "
                         "model's, on where it does not lower the bench scores; see `medsr models`)")
     p.add_argument("--adapt", type=float, default=0.0, metavar="SECONDS",
-                   help="first fine-tune the learned model on pairs made from this input for SECONDS (through-plane: "
-                        "its in-plane slices, SMORE; isotropic SR: the input degraded again, ZSSR; denoising: "
-                        "Noise2Self); the adapted weights are dropped afterwards unless --adapt-save")
+                   help="SR: first fine-tune the learned model on pairs made from this input for SECONDS "
+                        "(through-plane: its in-plane slices, SMORE; isotropic: the input degraded again, ZSSR); "
+                        "the adapted weights are dropped afterwards unless --adapt-save")
     p.add_argument("--adapt-save", default=None, metavar="PATH", help="keep the adapted weights (.pt state dict)")
     p.add_argument("--series-uid", default=None, help="DICOM SeriesInstanceUID when a folder holds several")
     p.add_argument("--dtype", choices=["float32", "keep"], default="float32",

@@ -366,7 +366,7 @@ def enhance(
     ``ensemble``: flip-ensemble members of a learned model (None: the model's own number, 8 for the bundled
     models); fewer is proportionally faster (with the uncertainty map, the spread of that many members).
     ``adapt``: seconds to fine-tune a copy of a learned model on pairs made from this volume first (engine.adapt:
-    SMORE for through-plane, ZSSR for isotropic SR, Noise2Self for denoising); 0 = off. ``keep_adapted``: put
+    SMORE for through-plane, ZSSR for isotropic SR; denoisers refuse it); 0 = off. ``keep_adapted``: put
     the adapted state dict in ``result.adapted_weights`` (otherwise it is dropped with the run).
     """
     t0 = time.perf_counter()
@@ -405,9 +405,12 @@ def enhance(
                          "halo; smaller tiles recompute their surroundings many times over), or leave it out")
     if adapt < 0 or not math.isfinite(adapt):
         raise InputError(f"adapt is a time budget in seconds (>= 0), got {adapt}")
+    if adapt and spec.kind == "learned" and spec.task != "sr":
+        raise InputError(adaptation.DENOISE_REFUSAL if spec.task == "denoise" else
+                         f"adaptation is not available for {TASKS[spec.task]} models")
     if adapt and not adaptation.available(spec):
         raise InputError(f"adaptation is not available for {spec.kind} model {spec.name}: it needs a learned "
-                         "super-resolution or denoising model")
+                         "super-resolution model")
     if uncertainty and spec.kind == "classical":
         raise InputError(f"uncertainty is not available for classical model {spec.name}")
     if uncertainty and not hasattr(_load_network(spec.name), "members"):
