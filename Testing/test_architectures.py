@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from MedSREnhanceLib.models.denoiser import Denoiser
 from MedSREnhanceLib.models.motionnet import MotionNet
+from MedSREnhanceLib.models.swinplane import SwinThroughPlaneNet
 from MedSREnhanceLib.models.srnet import SRNet, pixel_shuffle_nd
 from MedSREnhanceLib.models.throughplane import ThroughPlaneNet
 
@@ -210,3 +211,20 @@ def test_motionnet_fuses_three_orientations_and_tiles_exactly_with_its_halo() ->
         whole = net(torch.from_numpy(vol)[None, None])[0, 0].numpy()
     tiled = tiled_apply(vol, net, tile=(24, 16, 16), halo=net.halo, mode="crop")
     assert abs(tiled - whole).max() <= 1e-4 * abs(whole).max()
+
+
+def test_swin_throughplane_starts_as_its_input_and_its_field_stays_within_the_halo() -> None:
+    """The transformer variant: zero-initialised output convolution (the B-spline input at first), the two slice
+    orientations averaged as in ThroughPlaneNet, and windowed attention whose reach stays within ``halo``."""
+    net = SwinThroughPlaneNet(channels=8, blocks=2, heads=2, window=4).eval()
+    x = torch.rand(1, 1, 9, 10, 11)
+    with torch.no_grad():
+        assert torch.equal(net(x), x)
+    net = _randomise(net)
+    with torch.no_grad():
+        y = net(x)
+        dh = torch.stack([net.net2d(x[..., w]) for w in range(11)], -1)
+        dw = torch.stack([net.net2d(x[..., h, :]) for h in range(10)], -2)
+    torch.testing.assert_close(y, 0.5 * (dh + dw), rtol=1e-4, atol=1e-4)
+    far = max(_farthest_influence(net.net2d, (40, 40), (c, c)) for c in (19, 20, 21))
+    assert 4 <= far <= net.halo == 2 * 4 + 2  # beyond one window: the offset block carries it across
