@@ -7,7 +7,7 @@ The pairs, per scale mode (all from the normalised input; no other data is read)
   by the B-spline the engine runs first; the 2D net learns (thickened plane -> input plane).
 - "isotropic" (ZSSR): the input degraded once more by the model's factor (its acquisition, k-space truncation)
   -> the input.
-Denoisers do not adapt (see DENOISE_REFUSAL below: Noise2Self was measured and lowered the bench).
+Denoisers do not adapt (see ``refusal``: Noise2Self was measured and lowered the bench).
 A tenth of the volume (the last slices along the slowest array axis) is held out: its pairs give a validation
 loss before adaptation and at intervals, and the weights with the lowest one are kept. When no step beats the
 bundled weights, the bundled weights run (``Adaptation.kept`` False): adaptation can cost time, not quality, as
@@ -25,10 +25,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..core.acquisition import apply_axis, dirichlet_matrix, profile_matrix
+from ..core.acquisition import apply_axis
 from ..core.resample import resample_scale
 from ..core.volume import Scale, Volume, resized_geometry
 from ..models.registry import ModelSpec
+from .consistency import OPERATORS
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -62,10 +63,6 @@ class Adaptation:
                 f"{self.val_before:.4g} -> {self.val_after:.4g} ({change:+.1f} %), {verdict}")
 
 
-def _acquisition(kind: str, n: int, factor: float) -> np.ndarray:
-    return dirichlet_matrix(n, factor) if kind == "kspace" else profile_matrix(n, factor, factor, kind)
-
-
 def _split(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) parts of ``array`` along its slowest axis (the last tenth held out)."""
     n = array.shape[0]
@@ -96,9 +93,9 @@ class _Planes:
             other = 3 - thick - fine
             f = [1.0, 1.0, 1.0]
             f[2 - fine] = factor
-            lr = apply_axis(array.astype(np.float64), _acquisition(spec.acquisition or "gaussian",
-                                                                   array.shape[fine], factor), 2 - fine)
-            size, spacing, origin = resized_geometry(volume, tuple(1.0 / v for v in f))  # type: ignore[arg-type]
+            lr = apply_axis(array.astype(np.float64), OPERATORS[spec.acquisition or "gaussian"](
+                array.shape[fine], factor), 2 - fine)
+            _, spacing, origin = resized_geometry(volume, tuple(1.0 / v for v in f))  # type: ignore[arg-type]
             up = resample_scale(Volume(lr.astype(np.float32), spacing, origin, volume.direction), tuple(f),
                                 "bspline").array  # type: ignore[arg-type]
             crop = tuple(slice(0, min(a, b)) for a, b in zip(up.shape, array.shape))
@@ -141,7 +138,7 @@ class _Cubes:
         hr = array[tuple(slice(0, n - n % s) for n in array.shape)].astype(np.float64)
         lr = hr
         for axis in range(3):
-            lr = apply_axis(lr, _acquisition(spec.acquisition or "kspace", lr.shape[2 - axis], s), axis)
+            lr = apply_axis(lr, OPERATORS[spec.acquisition or "kspace"](lr.shape[2 - axis], s), axis)
         self.lr, self.hr = lr.astype(np.float32), hr.astype(np.float32)
 
     def split(self) -> tuple["_Cubes", "_Cubes"]:
@@ -174,20 +171,28 @@ class _Cubes:
 
 
 PAIRS: dict[str, type] = {"axis": _Planes, "isotropic": _Cubes}
-# Denoising (Noise2Self: hidden voxels predicted from their neighbours) was built and measured, and removed: on the
-# MR 5 % bench it lowered fg PSNR by 1.15 dB (chris_t1) and 0.17 dB (brats_0005_flair) in 180 s while its own
-# held-out loss fell, so the keeper could not see the harm (benchmarks/results/adapt-denoise; git 2ece339).
-DENOISE_REFUSAL = ("adaptation is not available for denoising: the Noise2Self fine-tune lowered the held-out "
-                   "bench by 0.17-1.15 dB while its own loss improved")
+
+
+def refusal(spec: ModelSpec) -> str | None:
+    """Why ``spec`` cannot adapt (one line), or None: only learned super-resolution models (through-plane or
+    isotropic) can."""
+    if spec.kind != "learned":
+        return (f"adaptation is not available for {spec.kind} model {spec.name}: it needs a learned "
+                "super-resolution model")
+    if spec.task == "denoise":
+        # Noise2Self (hidden voxels predicted from their neighbours) was built, measured and removed: on the MR 5 %
+        # bench it lowered fg PSNR by 1.15 dB (chris_t1) and 0.17 dB (brats_0005_flair) in 180 s while its own
+        # held-out loss fell, so the keeper could not see the harm (benchmarks/results/adapt-denoise; git 2ece339)
+        return ("adaptation is not available for denoising: the Noise2Self fine-tune lowered the held-out bench by "
+                "0.17-1.15 dB while its own loss improved")
+    if spec.task != "sr" or spec.scale_mode not in PAIRS:
+        return f"adaptation is not available for model {spec.name}: it needs a learned super-resolution model"
+    return None
 
 
 def available(spec: ModelSpec) -> bool:
-    """Whether ``spec`` can adapt: a learned super-resolution model (through-plane or isotropic)."""
-    return spec.kind == "learned" and spec.task == "sr" and spec.scale_mode in PAIRS
-
-
-def _loss(torch: Any, pred: Any, target: Any) -> Any:
-    return (pred - target).abs().mean()
+    """Whether ``spec`` can adapt (see ``refusal``)."""
+    return refusal(spec) is None
 
 
 def _keep_best(loss: float, best: float, best_state: Any, net: Any) -> tuple[float, Any]:
@@ -217,7 +222,7 @@ def adapt(net: Any, spec: ModelSpec, array: np.ndarray, volume: Volume, scale: S
     def validate() -> float:
         module.eval()
         with torch.no_grad():
-            loss = float(_loss(torch, module(vx), vy))
+            loss = float(torch.nn.functional.l1_loss(module(vx), vy))
         module.train()
         return loss
 
@@ -231,7 +236,7 @@ def adapt(net: Any, spec: ModelSpec, array: np.ndarray, volume: Volume, scale: S
     while time.perf_counter() + t_step + t_val < deadline:
         t = time.perf_counter()
         x, y = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in train.batch(batch, rng))
-        loss = _loss(torch, module(x), y)
+        loss = torch.nn.functional.l1_loss(module(x), y)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -405,12 +405,8 @@ def enhance(
                          "halo; smaller tiles recompute their surroundings many times over), or leave it out")
     if adapt < 0 or not math.isfinite(adapt):
         raise InputError(f"adapt is a time budget in seconds (>= 0), got {adapt}")
-    if adapt and spec.kind == "learned" and spec.task != "sr":
-        raise InputError(adaptation.DENOISE_REFUSAL if spec.task == "denoise" else
-                         f"adaptation is not available for {TASKS[spec.task]} models")
-    if adapt and not adaptation.available(spec):
-        raise InputError(f"adaptation is not available for {spec.kind} model {spec.name}: it needs a learned "
-                         "super-resolution model")
+    if adapt and (why := adaptation.refusal(spec)):
+        raise InputError(why)
     if uncertainty and spec.kind == "classical":
         raise InputError(f"uncertainty is not available for classical model {spec.name}")
     if uncertainty and not hasattr(_load_network(spec.name), "members"):
