@@ -250,7 +250,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.loop import run_training
 
     for config in args.config:  # in order: a staged model's later configs init_from the earlier ones' weights
-        path = run_training(config, resume=args.resume, quiet=args.quiet, data_root=args.data_root)
+        path = run_training(config, resume=args.resume, quiet=args.quiet, data_root=args.data_root,
+                            leave_out_group=args.leave_out, max_minutes=args.max_minutes, out_dir=args.out_dir)
         if not args.quiet:
             sys.stderr.write(f"medsr: weights and card written to {path}\n")
     return EXIT_OK
@@ -374,6 +375,12 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--data-root", default="", help="folder with MANIFEST.json and the volumes (default: the "
                    "config's data_root, ../shared/data from the repository root)")
+    p.add_argument("--leave-out", default="", metavar="GROUP",
+                   help="leave-one-source-out: train without the volumes of this source group of "
+                   "configs/data_sources.toml; the model is written to its run folder as NAME-without-GROUP")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget (default: the config's)")
+    p.add_argument("--out-dir", default="", help="write the weights and card here (default: the config's out_dir, "
+                   "else the package's weights folder)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="benchmark models against tuned classical baselines")

@@ -45,6 +45,13 @@ def data_root(tmp_path: Path) -> Path:
         sitk.WriteImage(image, str(root / "mr" / f"{vid}.nii.gz"))
         entries.append({"id": vid, "file": f"mr/{vid}.nii.gz", "weights_ok": "no" if vid == "forbidden" else "yes"})
     (root / "MANIFEST.json").write_text(json.dumps(entries))
+    # the data sources file the configs read: one group per volume, except the two "scanner A" volumes
+    lines = [f'[roots]\nshared = "{root}"\n']
+    for e in entries:
+        group = "scanner-a" if e["id"] in ("mr_a", "mr_aniso") else e["id"]
+        lines.append(f'[volumes.{e["id"]}]\nroot = "shared"\ngroup = "{group}"\nsource = "synthetic"\n'
+                     f'licence = "test"\nweights_ok = "{e["weights_ok"]}"\n')
+    (root / "sources.toml").write_text("\n".join(lines))
     return root
 
 
@@ -59,6 +66,7 @@ name = "tiny-{task}"
 [data]
 task = "{task}"
 data_root = "{data_root}"
+sources = "{data_root / 'sources.toml'}"
 train_ids = {extra_data or '["mr_a", "mr_aniso"]'}
 val_ids = ["mr_b"]
 patch = 12

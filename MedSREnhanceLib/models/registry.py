@@ -138,11 +138,41 @@ LEARNED: tuple[ModelSpec, ...] = (
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in CLASSICAL + LEARNED}
 
 
-def get(name: str) -> ModelSpec:
+# Models named by the path of their card (`medsr bench --models runs/x/x.json`): a user's own trained model, or
+# a leave-one-source-out run. Known by name too once loaded, for the rest of the process.
+_FROM_CARDS: dict[str, ModelSpec] = {}
+
+
+def from_card(path: Path) -> ModelSpec:
+    """A spec for weights written by `medsr train` (the card beside them says how to build and serve them). Its
+    sha256 is read from the file now: the user vouches for a file they name; results record the hash."""
     try:
-        return REGISTRY[name]
-    except KeyError:
-        raise InputError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+        card = json.loads(path.read_text())
+        weights = path.parent / card["weights"]
+        isotropic = card["scale_mode"] == "isotropic"
+        spec = ModelSpec(card["name"], card["task"], "learned", (card["modality"],), f"trained model card {path}",
+                         arch=card["arch"], builder=card["builder"], kwargs=card["kwargs"], weights=str(weights),
+                         sha256=sha256_of(weights), card=str(path.resolve()), normalisation=card["normalisation"],
+                         scale_mode=card["scale_mode"], scales=tuple(card.get("scales", ())),
+                         scale_min=card.get("scale_min", 1.0), scale_max=card.get("scale_max", 1.0),
+                         acquisition="kspace" if isotropic else "gaussian" if card["scale_mode"] == "axis" else "",
+                         auto=False)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot use model card {path}: {exc}") from None
+    if spec.name in REGISTRY:
+        raise InputError(f"model card {path} names {spec.name!r}, a bundled model: rename the trained model")
+    _FROM_CARDS[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> ModelSpec:
+    """A bundled model by name, or a trained one by the path of its card (``*.json``)."""
+    if name in REGISTRY or name in _FROM_CARDS:
+        return REGISTRY.get(name) or _FROM_CARDS[name]
+    if name.endswith(".json"):
+        return from_card(Path(name))
+    raise InputError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))} (or the path of a trained "
+                     f"model's card, *.json)")
 
 
 def measured(card: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
-"""Training configs: four typed TOML tables ([model], [data], [degrade], [train]) and an optional [adversarial],
-checked on load."""
+"""Training configs: four typed TOML tables ([model], [data], [degrade], [train]), optional [randomise] and
+[adversarial], checked on load."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
+
+from .randomise import RandomiseConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,6 +30,8 @@ class DataConfig:
     train_ids: list[str]
     val_ids: list[str] = field(default_factory=list)
     data_root: str = "../shared/data"  # relative paths here and below: to the repository root
+    # every volume named here must be recorded in this file (source, licence, group; data_sources.py); "": none
+    sources: str = "configs/data_sources.toml"
     patch: int = 32  # target (HR) patch edge in voxels (2D patches for throughplane)
     zscore_variants: bool = True  # add brain-z-scored copies (background 0, negative tissue values)
     cache_dir: str = "../cache"  # precomputed CT pairs (never inside the repo)
@@ -36,6 +40,8 @@ class DataConfig:
     normalisation: str = ""  # a normalise.forward kind; "" = by task ("ct" for denoise-ct, else "mr")
     # 2: square 2D patches across a random axis, for nets trained on slices (their ``net2d``; task motion-mr)
     patch_dims: int = 3
+    # task sr: bring thick-slice volumes to isotropic targets (sources_mr.isotropic_target) instead of leaving them out
+    isotropise: bool = False
 
 
 @dataclass
@@ -123,6 +129,7 @@ class Config:
     degrade: DegradeConfig
     train: TrainConfig
     adversarial: AdversarialConfig | None = None
+    randomise: RandomiseConfig = field(default_factory=RandomiseConfig)
 
 
 def _build(cls: type, table: dict[str, Any], where: str) -> Any:
@@ -148,7 +155,7 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
     """Parse a TOML config; relative directories resolve against the repository root, so a config means the
     same thing from any working directory. ``data_root`` overrides the config's."""
     raw = tomllib.loads(Path(path).read_text())
-    unknown = set(raw) - {"model", "data", "degrade", "train", "adversarial"}
+    unknown = set(raw) - {"model", "data", "degrade", "train", "adversarial", "randomise"}
     if unknown:
         raise ValueError(f"unknown table(s) in {path}: {', '.join(sorted(unknown))}")
     cfg = Config(
@@ -157,7 +164,11 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
         degrade=_build(DegradeConfig, raw.get("degrade", {}), "degrade"),
         train=_build(TrainConfig, raw.get("train", {}), "train"),
         adversarial=_build(AdversarialConfig, raw["adversarial"], "adversarial") if "adversarial" in raw else None,
+        randomise=_build(RandomiseConfig, raw.get("randomise", {}), "randomise"),
     )
+    cfg.randomise.check()
+    if cfg.randomise.enabled() and cfg.data.task not in ("sr", "throughplane"):
+        raise ValueError("[randomise] is implemented for tasks sr and throughplane")
     if cfg.adversarial is not None and cfg.data.task != "sr":
         raise ValueError("[adversarial] is implemented for task sr only")
     if cfg.train.precision not in ("fp32", "bf16"):  # before any data is loaded or simulated

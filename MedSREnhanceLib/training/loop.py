@@ -1,8 +1,8 @@
 """The training loop: sources by task, learning-rate schedule, checkpoints and resume, EMA, weights out."""
 from __future__ import annotations
 
+import dataclasses
 import json
-
 import logging
 import math
 import time
@@ -20,7 +20,8 @@ from .adversarial import AdversarialObjective, build_objective
 from .cards import model_card, write_card
 from .config import REPO_ROOT, Config, TrainConfig, load_config
 from .losses import build_model, expected_target, loss_fn
-from .pairs import PairSource, check_weights_ok
+from .data_sources import check_shippable, leave_out
+from .pairs import PairSource, sources_of
 from .sources_ct import CTDenoiseSource
 from .sources_motion import MotionSource
 from .sources_mr import MRDenoiseSource, SRSource, ThroughPlaneSource
@@ -185,15 +186,51 @@ def train_loop(cfg: Config, state: TrainState, source: PairSource, val_batch: Op
     return truncated
 
 
-def run_training(config_path: str, resume: bool = False, quiet: bool = False, data_root: str = "") -> Path:
-    """Train the model a TOML config describes; returns the path of the written weights file."""
+def without_group(cfg: Config, group: str) -> Config:
+    """``cfg`` for a leave-one-source-out run: the volumes of source group ``group`` dropped from its training and
+    validation lists, the model renamed ``<name>-without-<group>`` and written to its run folder (a left-out model
+    is never bundled). Refused when it would not leave the group out: no training volume of it, or weights to start
+    from that were trained on it."""
+    sources = sources_of(cfg)
+    if sources is None:
+        raise ValueError("--leave-out needs a data sources file ([data] sources) to know the groups")
+    if group not in sources.groups(cfg.data.train_ids):
+        raise ValueError(f"no training volume of {cfg.model.name} is in group {group!r} (its groups: "
+                         f"{', '.join(sources.groups(cfg.data.train_ids))})")
+    if cfg.model.init_from:
+        init_card = (REPO_ROOT / cfg.model.init_from).with_suffix(".json")
+        seen = json.loads(init_card.read_text()).get("training", {}).get("volumes", []) if init_card.exists() else None
+        if seen is None or any(v in sources.volumes and sources.entry(v).group == group for v in seen):
+            raise ValueError(f"{cfg.model.init_from} was trained on group {group!r} (or has no card to say it was "
+                             f"not): a run starting from it does not leave the group out")
+    name = f"{cfg.model.name}-without-{group}"
+    run_dir = Path(cfg.train.run_dir)
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, name=name),
+        data=dataclasses.replace(cfg.data, train_ids=leave_out(sources, cfg.data.train_ids, group),
+                                 val_ids=leave_out(sources, cfg.data.val_ids, group)),
+        train=dataclasses.replace(cfg.train, out_dir=str(run_dir / name)))
+
+
+def run_training(config_path: str, resume: bool = False, quiet: bool = False, data_root: str = "",
+                 leave_out_group: str = "", max_minutes: float = 0.0, out_dir: str = "") -> Path:
+    """Train the model a TOML config describes; returns the path of the written weights file.
+    ``leave_out_group``: train without that source group (``without_group``); ``max_minutes`` > 0 overrides the
+    config's wall-clock budget; ``out_dir`` the folder of the weights and card (a candidate beside the bundled one)."""
     cfg = load_config(config_path, data_root)
+    if leave_out_group:
+        cfg = without_group(cfg, leave_out_group)
+    if max_minutes > 0:
+        cfg.train.max_minutes = max_minutes
+    if out_dir:
+        cfg.train.out_dir = str(Path(out_dir).resolve())
     tc = cfg.train
     torch.set_num_threads(tc.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(tc.threads)
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
-    check_weights_ok(cfg.data.data_root, cfg.data.train_ids)
+    sources = sources_of(cfg)
+    check_shippable(sources, cfg.data.data_root, cfg.data.train_ids)
     if set(cfg.data.train_ids) & set(cfg.data.val_ids):
         raise ValueError("training and validation volumes overlap")
 
@@ -228,6 +265,11 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
     torch.save({k: v.detach().clone().float() for k, v in shipped.state_dict().items()}, weights_path)
     card = model_card(cfg, model, weights_path, config_path, steps=state.step, truncated=truncated,
                       seconds=state.elapsed_before, history=state.history)
+    if sources is not None:
+        card["training"]["sources"] = sources.citation(cfg.data.train_ids)
+    if leave_out_group:
+        card["training"]["left_out_group"] = leave_out_group
+        card["training"]["command"] += f" --leave-out {leave_out_group}"
     if cfg.adversarial is not None:
         card["training"]["feature_net_pretext_loss"] = feature_history
     card_path = out_dir / f"{cfg.model.name}.json"

@@ -1,10 +1,7 @@
 """Training volumes (manifest, weights_ok check), structure-weighted patch sampling, augmentation and the PairSource base."""
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -15,30 +12,23 @@ from .. import simulate
 from ..core.resample import from_sitk
 from ..core.volume import Volume
 from .config import Config
+from .data_sources import DataSources, load_sources, volume_file
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 
-def read_manifest(data_root: str) -> dict[str, dict[str, Any]]:
-    entries = json.loads((Path(data_root) / "MANIFEST.json").read_text())
-    return {e["id"]: e for e in entries}
+def sources_of(cfg: Config) -> DataSources | None:
+    """The config's data sources file (None when it names none: volumes come from data_root's manifest alone)."""
+    return load_sources(cfg.data.sources, cfg.data.data_root) if cfg.data.sources else None
 
 
-def load_volume(data_root: str, volume_id: str) -> Volume:
-    entry = read_manifest(data_root)[volume_id]
-    image = sitk.ReadImage(str(Path(data_root) / entry["file"]), sitk.sitkFloat32)
+def load_volume(cfg: Config, volume_id: str, sources: DataSources | None = None) -> Volume:
+    path, _ = volume_file(sources, cfg.data.data_root, volume_id)
+    image = sitk.ReadImage(str(path), sitk.sitkFloat32)
     vol = from_sitk(image, {"id": volume_id})
     logger.info("loaded %s %s spacing %s", volume_id, vol.array.shape, vol.spacing)
     return vol
-
-
-def check_weights_ok(data_root: str, ids: list[str]) -> None:
-    manifest = read_manifest(data_root)
-    for vid in ids:
-        if not str(manifest[vid].get("weights_ok", "")).startswith("yes"):
-            raise ValueError(f"volume {vid!r} may not be used to train weights (weights_ok: "
-                             f"{manifest[vid].get('weights_ok')!r})")
 
 
 def crop_centre(vol: Volume, max_extent: int) -> Volume:
@@ -108,7 +98,12 @@ class PairSource:
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
         self.cfg = cfg
         self.rng = rng
-        self.vols = [crop_centre(load_volume(cfg.data.data_root, vid), cfg.data.max_extent) for vid in ids]
+        sources = sources_of(cfg)
+        self.vols = [crop_centre(self.prepare(load_volume(cfg, vid, sources)), cfg.data.max_extent) for vid in ids]
+
+    def prepare(self, vol: Volume) -> Volume:
+        """A loaded volume as the source uses it, before the central crop (identity unless a source says)."""
+        return vol
 
     def refresh(self) -> None:  # pragma: no cover - overridden where degradations are random
         pass

@@ -12,6 +12,7 @@ from ..core.normalise import noise_sigma, robust_max
 from ..core.resample import resample_scale
 from ..core.volume import Volume
 from .config import Config, normalisation_of
+from .randomise import randomise
 from .pairs import (
     PairSource,
     augment,
@@ -37,22 +38,50 @@ def _add_rician(x: np.ndarray, level: float, rng: np.random.Generator) -> np.nda
     return (np.sqrt((x - base + n1) ** 2 + n2**2) + base).astype(np.float32)
 
 
+def isotropic_target(vol: Volume) -> Volume:
+    """A thick-slice volume as an isotropic target: its fine axes k-space truncated to the coarsest spacing (axes
+    within 10% of it are kept). A 0.6x0.6x2.5 mm body MR becomes a 2.5 mm isotropic one, a target an isotropic
+    SR pair can use (the voxel size does not matter to the net; the anatomy and contrast do)."""
+    sp = np.asarray(vol.spacing, float)
+    factors = tuple(float(sp.max() / s) if sp.max() / s > 1.1 else 1.0 for s in sp)
+    return simulate.kspace_truncation(vol, factors) if max(factors) > 1.0 else vol
+
+
 class SRSource(PairSource):
-    """Isotropic SR: k-space truncation by an integer factor; LR and HR patches aligned exactly."""
+    """Isotropic SR: k-space truncation by an integer factor; LR and HR patches aligned exactly. With [randomise],
+    every refresh redraws each volume's appearance (randomise.py) before the truncation."""
 
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
         super().__init__(cfg, ids, rng)
-        s = cfg.degrade.scale
-        self.items = []
-        for vol in _mr_variants(self.vols, cfg.data.zscore_variants):
-            # crop to a multiple of s so the LR grid is exactly every s-th block of HR voxels
-            z, y, x = (d - d % s for d in vol.array.shape)
-            hr = Volume(vol.array[:z, :y, :x], vol.spacing, vol.origin, vol.direction)
-            lr = simulate.kspace_truncation(hr, (s, s, s))
-            lr_n, params = normalise_forward(lr.array, "mr")
-            hr_n = (hr.array / params["scale"]).astype(np.float32)
-            w = structure_weights(lr_n, 2)
-            self.items.append((lr_n, hr_n, w, bool(hr.array.min() >= 0)))
+        self.bases = self.vols
+        self.items: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]] = []
+        self.records: list[dict[str, Any]] = []
+        self._build()
+
+    def prepare(self, vol: Volume) -> Volume:
+        return isotropic_target(vol) if self.cfg.data.isotropise else vol
+
+    def refresh(self) -> None:
+        if self.cfg.randomise.enabled():
+            self._build()
+
+    def _build(self) -> None:
+        s = self.cfg.degrade.scale
+        self.items, self.records = [], []
+        for base in self.bases:
+            if self.cfg.randomise.enabled():
+                arr, record = randomise(base.array / robust_max(base.array), self.rng, self.cfg.randomise)
+                base = base.with_array(arr)
+                self.records.append(record)
+            for vol in _mr_variants([base], self.cfg.data.zscore_variants):
+                # crop to a multiple of s so the LR grid is exactly every s-th block of HR voxels
+                z, y, x = (d - d % s for d in vol.array.shape)
+                hr = Volume(vol.array[:z, :y, :x], vol.spacing, vol.origin, vol.direction)
+                lr = simulate.kspace_truncation(hr, (s, s, s))
+                lr_n, params = normalise_forward(lr.array, "mr")
+                hr_n = (hr.array / params["scale"]).astype(np.float32)
+                w = structure_weights(lr_n, 2)
+                self.items.append((lr_n, hr_n, w, bool(hr.array.min() >= 0)))
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         s, p = self.cfg.degrade.scale, self.cfg.data.patch // self.cfg.degrade.scale
