@@ -9,6 +9,8 @@ from MedSREnhanceLib.core.volume import Volume
 from MedSREnhanceLib.training import randomise as rz
 from MedSREnhanceLib.training import sources_mr
 
+from test_train import data_root  # noqa: F401  (fixture)
+
 
 def _head(shape: tuple[int, int, int] = (24, 28, 26)) -> np.ndarray:
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
@@ -95,3 +97,26 @@ def test_randomised_sr_pairs_stay_exact(tmp_path, monkeypatch) -> None:
     np.testing.assert_allclose(again, lr, atol=1e-4 * float(np.abs(lr).max()))
     source.refresh()
     assert not np.allclose(source.items[0][1], hr)
+
+
+def test_randomise_in_configs(tmp_path, data_root) -> None:  # noqa: F811
+    """[randomise] trains through-plane pairs too; CT (HU, no magnitude curve) and non-SR tasks refuse it."""
+    from MedSREnhanceLib.training import config, loop
+    from test_train import DN_MODEL, TP_MODEL, _write_config
+
+    table = "\n[randomise]\ncontrast_prob = 1.0\nbias_prob = 1.0\nnoise_prob = 1.0\n"
+    cfg = _write_config(tmp_path, data_root, "throughplane", TP_MODEL, '["mr_a", "mr_aniso"]',
+                        "factor_range = [2.0, 4.0]", steps=1)
+    cfg.write_text(cfg.read_text() + table)
+    assert loop.run_training(str(cfg), quiet=True).exists()
+    ct = cfg.read_text().replace('[data]\n', '[data]\nnormalisation = "ct"\n')
+    cfg.write_text(ct)
+    with pytest.raises(ValueError, match="magnitude"):
+        config.load_config(cfg)
+    dn = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]")
+    dn.write_text(dn.read_text() + table)
+    with pytest.raises(ValueError, match="randomise"):
+        config.load_config(dn)
+    dn.write_text(dn.read_text().split("[randomise]")[0].replace('[data]\n', '[data]\nisotropise = true\n'))
+    with pytest.raises(ValueError, match="isotropise"):
+        config.load_config(dn)

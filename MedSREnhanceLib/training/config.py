@@ -167,8 +167,9 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
         randomise=_build(RandomiseConfig, raw.get("randomise", {}), "randomise"),
     )
     cfg.randomise.check()
-    if cfg.randomise.enabled() and cfg.data.task not in ("sr", "throughplane"):
-        raise ValueError("[randomise] is implemented for tasks sr and throughplane")
+    if cfg.randomise.enabled() and (cfg.data.task not in ("sr", "throughplane") or normalisation_of(cfg) != "mr"):
+        raise ValueError("[randomise] is implemented for MR tasks sr and throughplane (its contrast curves assume "
+                         "magnitude images)")
     if cfg.adversarial is not None and cfg.data.task != "sr":
         raise ValueError("[adversarial] is implemented for task sr only")
     if cfg.train.precision not in ("fp32", "bf16"):  # before any data is loaded or simulated
@@ -180,6 +181,8 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
     if cfg.data.normalisation and cfg.data.normalisation not in allowed:  # only these sources read it
         raise ValueError(f"[data] normalisation {cfg.data.normalisation!r} is not one task {cfg.data.task} "
                          f"can use ({', '.join(allowed) or 'none: it uses its own'})")
+    if cfg.data.isotropise and cfg.data.task != "sr":
+        raise ValueError("[data] isotropise is for task sr (through-plane sources use thick volumes' fine axes)")
     if cfg.data.patch_dims not in (2, 3) or (cfg.data.patch_dims == 2 and cfg.data.task != "motion-mr"):
         raise ValueError("[data] patch_dims is 3, or 2 for task motion-mr (a net trained on slices)")
     if cfg.degrade.target_noise_max < 0.0:

@@ -129,7 +129,9 @@ class ThroughPlaneSource(PairSource):
     def refresh(self) -> None:
         d = self.cfg.degrade
         self.items, self.records = [], []
-        for vol, w in zip(self.bases, self.weights):
+        for i, (vol, w) in enumerate(zip(self.bases, self.weights)):
+            if self.cfg.randomise.enabled():  # MR only (load_config): a new appearance, the sampling weights kept
+                vol = self._randomised(i)
             axes = self.fine_axes(vol)
             axis = int(axes[int(self.rng.integers(len(axes)))])
             lr, record = simulate.random_slice_profile(vol, axis, tuple(d.factor_range), self.rng,
@@ -145,6 +147,13 @@ class ThroughPlaneSource(PairSource):
             hr_n = ((vol.array[crop] - params["offset"]) / params["scale"]).astype(np.float32)
             self.items.append((up_n, hr_n, axis, [a for a in axes if a != axis], w))
             self.records.append(record)
+
+    def _randomised(self, i: int) -> Volume:
+        """Base ``i`` with a freshly randomised appearance: its volume randomised, then z-scored if base i is a
+        z-scored copy (the bases are the volumes, then their z-scored copies: _mr_variants)."""
+        vol = self.vols[i % len(self.vols)]
+        arr, _ = randomise(vol.array / robust_max(vol.array), self.rng, self.cfg.randomise)
+        return vol.with_array(zscore_brain(arr) if i >= len(self.vols) else arr)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         p = self.cfg.data.patch
