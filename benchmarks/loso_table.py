@@ -1,9 +1,10 @@
 """The leave-one-source-out table (issue 14) from `medsr bench` results that ran a model and its left-out runs.
 
-    python benchmarks/loso_table.py RESULTS_JSON [RESULTS_JSON ...] --model mr-sr-x2 [--before NAME]
+    python benchmarks/loso_table.py RESULTS_JSON [RESULTS_JSON ...] --model mr-sr-x2 [--before NAME] [--runs NAME]
 
 The left-out runs are `medsr train CONFIG --leave-out GROUP` models, benched by their card paths; their names are
-``<model>-without-<group>``. For every such run and every benched volume of its group (configs/data_sources.toml),
+``<runs>-without-<group>`` (``--runs``: the config's model name, by default ``--model``; it differs when the full
+model was benched as a candidate under another name). For every such run and every benched volume of its group (configs/data_sources.toml),
 the table gives the foreground-PSNR gain over the best tuned classical baseline of: the model trained with the
 group (seen), the run without it (unseen: what a user from that source gets if it had not been collected), and
 optionally ``--before``, a model that never saw the group either (the stage the left-out runs started from).
@@ -36,10 +37,10 @@ def gains(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], float]:
     return out
 
 
-def table(results: list[dict[str, Any]], model: str, before: str, sources_path: str) -> list[str]:
+def table(results: list[dict[str, Any]], model: str, before: str, sources_path: str, runs: str = "") -> list[str]:
     sources = load_sources(sources_path)
     g = gains(results)
-    prefix = f"{model}-without-"
+    prefix = f"{runs or model}-without-"
     left_out = sorted({m[len(prefix):] for _, _, m in g if m.startswith(prefix)})
     lines = [f"| case | volume | source group | {model} (group seen) | {model} without the group | "
              + (f"{before} (never saw it) | " if before else "") + "unseen - seen (dB) |",
@@ -65,9 +66,11 @@ def main() -> int:
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--model", required=True, help="the model trained on every group")
     parser.add_argument("--before", default="", help="a model that never saw the left-out groups (optional)")
+    parser.add_argument("--runs", default="", help="model name of the left-out runs' config (default: --model)")
     parser.add_argument("--sources", default=DEFAULT_SOURCES)
     args = parser.parse_args()
-    lines = table([json.loads(p.read_text()) for p in args.results], args.model, args.before, args.sources)
+    lines = table([json.loads(p.read_text()) for p in args.results], args.model, args.before, args.sources,
+                  args.runs)
     if len(lines) == 2:
         print(f"no bench row of {args.model} in {', '.join(map(str, args.results))}", file=sys.stderr)
         return 2
