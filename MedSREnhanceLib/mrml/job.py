@@ -44,10 +44,10 @@ class EnhanceJob:
     """One non-blocking enhancement: the engine in a child process, the scene touched only in ``poll()``.
 
     The caller polls from the thread that owns the scene (the Slicer logic uses a qt.QTimer every ~100 ms).
-    ``poll()`` never blocks: it forwards the newest progress to ``progress_callback``, each new log line to
-    ``log_callback`` and, once the child has ended, builds the nodes and calls ``completed_callback(JobOutcome)``
-    exactly once. ``cancel()`` returns at once: the child is terminated (killed if it has not ended within half
-    a second) and the scene stays as it was. ``python`` overrides the child's interpreter (default: Slicer's
+    ``poll()`` never blocks: it forwards the newest progress of each stage to ``progress_callback``, each new log
+    line to ``log_callback`` and, once the child has ended, builds the nodes and calls
+    ``completed_callback(JobOutcome)`` exactly once. ``cancel()`` returns at once: the child is terminated (killed
+    if it has not ended within half a second) and the scene stays as it was. ``python`` overrides the child's interpreter (default: Slicer's
     Python in Slicer, else this one). ``uncertainty=True`` (learned models) adds the uncertainty node to the
     outcome, overlaid on the enhanced volume if ``show_uncertainty``; ``adapt`` is the seconds of
     self-supervised adaptation the child runs first.
@@ -136,15 +136,16 @@ class EnhanceJob:
         if self.outcome is not None:
             return True
         returncode = self._process.returncode  # read before the events, so no event written before exit is missed
-        latest = self._read_events()
+        reports = self._read_events()
         if self._cancel_requested:
             if returncode is None:
                 self._process.step()
                 return False
             self._finish(JobOutcome(cancelled=True))
             return True
-        if latest is not None and self.progress_callback is not None:
-            self.progress_callback(latest)
+        if self.progress_callback is not None:
+            for report in reports:
+                self.progress_callback(report)
         if returncode is None:
             return False
         self._finish(self._ended_outcome())
@@ -160,23 +161,29 @@ class EnhanceJob:
         assert self.outcome is not None
         return self.outcome
 
-    def _read_events(self) -> Optional[Progress]:
-        latest = None
+    def _read_events(self) -> list[Progress]:
+        """Handle the child's new events; return the newest progress of each stage they passed through, in order
+        (a poll that spans the end of inference still shows its last unit before the next stage)."""
+        reports: list[Progress] = []
         for event in self._process.read_events():
             kind = event.get("type")
             if kind == "progress":
-                latest = Progress(int(event.get("done") or 0), int(event.get("total") or 0), self.elapsed,
+                report = Progress(int(event.get("done") or 0), int(event.get("total") or 0), self.elapsed,
                                   event.get("eta"), str(event.get("message") or ""), str(event.get("stage") or ""))
-                if latest.stage != self._stage:  # stage changes go to the log; every unit would flood it
-                    self._stage = latest.stage
-                    self._add_log(latest.message or latest.stage)
+                if reports and reports[-1].stage == report.stage:
+                    reports[-1] = report
+                else:
+                    reports.append(report)
+                if report.stage != self._stage:  # stage changes go to the log; every unit would flood it
+                    self._stage = report.stage
+                    self._add_log(report.message or report.stage)
             elif kind == "log":
                 self._add_log(str(event.get("message", "")))
             elif kind == "error":
                 self._child_error = event
             elif kind == "done":
                 self._child_done = True
-        return latest
+        return reports
 
     def _add_log(self, text: str) -> None:
         line = helpers.format_log_line(self.elapsed, text)
