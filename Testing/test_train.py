@@ -412,6 +412,27 @@ def test_ct_throughplane_source_thickens_in_plane_axes_in_hu(tmp_path: Path, dat
     assert (card["modality"], card["normalisation"], card["task"]) == ("ct", "ct", "sr")
 
 
+def test_throughplane_source_takes_a_volume_with_one_fine_axis(tmp_path: Path, data_root: Path) -> None:
+    """A 1.15x1.15x1.0 mm MPRAGE has one axis finer than the others by >10%: that axis is thickened and the patch
+    plane takes another axis (it used to find no second axis and fail on the first batch)."""
+    image = sitk.GetImageFromArray(_phantom((24, 22, 23), 7, False))
+    image.SetSpacing((1.15, 1.15, 1.0))
+    sitk.WriteImage(image, str(data_root / "mr" / "mr_one_fine.nii.gz"))
+    manifest = json.loads((data_root / "MANIFEST.json").read_text())
+    manifest.append({"id": "mr_one_fine", "file": "mr/mr_one_fine.nii.gz", "weights_ok": "yes"})
+    (data_root / "MANIFEST.json").write_text(json.dumps(manifest))
+    with (data_root / "sources.toml").open("a") as f:
+        f.write('\n[volumes.mr_one_fine]\nroot = "shared"\ngroup = "one-fine"\nsource = "synthetic"\n'
+                'licence = "test"\nweights_ok = "yes"\n')
+    path = _write_config(tmp_path, data_root, "throughplane", TP_MODEL, '["mr_one_fine"]', "factor_range = [2.0, 3.0]")
+    cfg = config.load_config(path)
+    src = sources_mr.ThroughPlaneSource(cfg, ["mr_one_fine"], np.random.default_rng(0))
+    for up, hr, axis, others, _ in src.items:
+        assert axis == 2 and others and 2 not in others  # k (1.0 mm) thickened; the plane's other axis is i or j
+    x, y = src.batch(4)[:2]
+    assert tuple(x.shape) == tuple(y.shape) and tuple(x.shape[-2:]) == (12, 12) and bool(np.isfinite(np.asarray(x)).all())
+
+
 def test_motion_options_belong_to_the_motion_task(tmp_path: Path, data_root: Path) -> None:
     with pytest.raises(ValueError, match="motion-mr"):
         config.load_config(_write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]',

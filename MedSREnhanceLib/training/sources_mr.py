@@ -145,7 +145,10 @@ class ThroughPlaneSource(PairSource):
             crop = tuple(slice(0, n) for n in shape)
             up_n = ((up.array[crop] - params["offset"]) / params["scale"]).astype(np.float32)
             hr_n = ((vol.array[crop] - params["offset"]) / params["scale"]).astype(np.float32)
-            self.items.append((up_n, hr_n, axis, [a for a in axes if a != axis], w))
+            # the patch's second axis: another fine axis, else (one axis finer than the rest by >10%, e.g. a
+            # 1.15x1.15x1.0 mm MPRAGE) any other axis long enough for a patch
+            others = [a for a in axes if a != axis] or [a for a in range(3) if a != axis and vol.size[a] >= 16]
+            self.items.append((up_n, hr_n, axis, others, w))
             self.records.append(record)
 
     def _randomised(self, i: int) -> Volume:
