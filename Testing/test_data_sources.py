@@ -73,7 +73,8 @@ def test_leave_out_trains_without_the_group_into_the_run_folder(tmp_path: Path, 
         loop.run_training(str(cfg), quiet=True, leave_out_group="scanner-a")
 
 
-def test_a_trained_model_card_is_a_model_by_path(tmp_path: Path, data_root: Path) -> None:  # noqa: F811
+def test_a_trained_model_card_is_a_model_by_path(tmp_path: Path, data_root: Path,  # noqa: F811
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _write_config(tmp_path, data_root, "sr", SR_MODEL, '["mr_a"]', "scale = 2", steps=1)
     path = loop.run_training(str(cfg), quiet=True)
     spec = registry.get(str(path.with_suffix(".json")))
@@ -87,3 +88,10 @@ def test_a_trained_model_card_is_a_model_by_path(tmp_path: Path, data_root: Path
     clash.write_text(json.dumps({**card, "name": "mr-sr-x2", "weights": str(path)}))
     with pytest.raises(InputError, match="a bundled model"):
         registry.get(str(clash))
+    # a card named relative to the working directory (medsr bench --models ../runs/x/x.json): its weights beside it
+    renamed = path.parent / "renamed.json"
+    renamed.write_text(json.dumps({**card, "name": "tiny-sr-renamed", "weights": path.name}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    spec = registry.get(f"../{path.parent.name}/renamed.json")
+    assert registry.verified_weights_path(spec) == path.resolve()

@@ -148,7 +148,7 @@ def from_card(path: Path) -> ModelSpec:
     sha256 is read from the file now: the user vouches for a file they name; results record the hash."""
     try:
         card = json.loads(path.read_text())
-        weights = path.parent / card["weights"]
+        weights = (path.parent / card["weights"]).resolve()  # absolute: a relative card path is from the cwd
         isotropic = card["scale_mode"] == "isotropic"
         spec = ModelSpec(card["name"], card["task"], "learned", (card["modality"],), f"trained model card {path}",
                          arch=card["arch"], builder=card["builder"], kwargs=card["kwargs"], weights=str(weights),
