@@ -116,7 +116,7 @@ LEARNED: tuple[ModelSpec, ...] = (
     # 2 of 8 flips: 4x fewer passes for 0.04-0.07 dB (held-out SR x2 bench: +1.24..+1.85 dB over tuned sinc with 2,
     # +1.28..+1.91 with 8; benchmarks/results/ensemble). The denoisers use 2 too (below); x3 and x4 keep 8 (their
     # 8 passes cost fewer MACs per output voxel than x2's 2: benchmarks/README_models.md).
-    _mr_sr(2, "794560759acb188e021c9891a495a1b3617d682fd071173d2095e98de8e97bb8", default_ensemble=2),
+    _mr_sr(2, "02b205b1cc858c70470a959f919fd316bb541d4d7eb900f3b596515477be7494", default_ensemble=2),
     # mr-sr-x2-gan (configs/mr-sr-x2-gan.toml) is not registered: it failed issue 15's bar (README_models). A GAN
     # variant that passes would be an entry with auto=False and consistency_default=True.
     _mr_sr(3, "7cd5521d4b2e2cca736a8137348b06df1821a758d0a5296462f8c54d29cbf8dc"),
