@@ -424,13 +424,15 @@ def test_throughplane_source_takes_a_volume_with_one_fine_axis(tmp_path: Path, d
     with (data_root / "sources.toml").open("a") as f:
         f.write('\n[volumes.mr_one_fine]\nroot = "shared"\ngroup = "one-fine"\nsource = "synthetic"\n'
                 'licence = "test"\nweights_ok = "yes"\n')
-    path = _write_config(tmp_path, data_root, "throughplane", TP_MODEL, '["mr_one_fine"]', "factor_range = [2.0, 3.0]")
+    path = _write_config(tmp_path, data_root, "throughplane", TP_MODEL, '["mr_one_fine"]',
+                         "factor_range = [2.0, 3.0]")
     cfg = config.load_config(path)
     src = sources_mr.ThroughPlaneSource(cfg, ["mr_one_fine"], np.random.default_rng(0))
     for up, hr, axis, others, _ in src.items:
         assert axis == 2 and others and 2 not in others  # k (1.0 mm) thickened; the plane's other axis is i or j
     x, y = src.batch(4)[:2]
-    assert tuple(x.shape) == tuple(y.shape) and tuple(x.shape[-2:]) == (12, 12) and bool(np.isfinite(np.asarray(x)).all())
+    assert tuple(x.shape) == tuple(y.shape) and tuple(x.shape[-2:]) == (12, 12)
+    assert bool(np.isfinite(np.asarray(x)).all())
 
 
 def test_motion_options_belong_to_the_motion_task(tmp_path: Path, data_root: Path) -> None:

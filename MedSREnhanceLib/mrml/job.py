@@ -47,10 +47,10 @@ class EnhanceJob:
     ``poll()`` never blocks: it forwards the newest progress of each stage to ``progress_callback``, each new log
     line to ``log_callback`` and, once the child has ended, builds the nodes and calls
     ``completed_callback(JobOutcome)`` exactly once. ``cancel()`` returns at once: the child is terminated (killed
-    if it has not ended within half a second) and the scene stays as it was. ``python`` overrides the child's interpreter (default: Slicer's
-    Python in Slicer, else this one). ``uncertainty=True`` (learned models) adds the uncertainty node to the
-    outcome, overlaid on the enhanced volume if ``show_uncertainty``; ``adapt`` is the seconds of
-    self-supervised adaptation the child runs first.
+    if it has not ended within half a second) and the scene stays as it was. ``python`` overrides the child's
+    interpreter (default: Slicer's Python in Slicer, else this one). ``uncertainty=True`` (learned models) adds the
+    uncertainty node to the outcome, overlaid on the enhanced volume if ``show_uncertainty``; ``adapt`` is the
+    seconds of self-supervised adaptation the child runs first.
     """
 
     def __init__(self, input_node: Any, *, task: str, model: str = "auto", scale: Any = 1, device: str = "auto",

@@ -107,6 +107,7 @@ class ThroughPlaneSource(PairSource):
     stands in for the through-plane one it lacks)."""
 
     CT_HU_RANGE = (-1024.0, 3071.0)  # padding outside a CT's field of view (-2048, -3024) reads as air
+    MIN_AXIS = 16  # voxels an axis needs to give a patch side
 
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
         super().__init__(cfg, ids, rng)
@@ -124,7 +125,7 @@ class ThroughPlaneSource(PairSource):
     def fine_axes(vol: Volume) -> list[int]:
         """Index axes whose spacing is within 10% of the finest (the ones that hold real detail)."""
         sp = np.asarray(vol.spacing)
-        return [a for a in range(3) if sp[a] <= 1.1 * sp.min() and vol.size[a] >= 16]
+        return [a for a in range(3) if sp[a] <= 1.1 * sp.min() and vol.size[a] >= ThroughPlaneSource.MIN_AXIS]
 
     def refresh(self) -> None:
         d = self.cfg.degrade
@@ -147,7 +148,8 @@ class ThroughPlaneSource(PairSource):
             hr_n = ((vol.array[crop] - params["offset"]) / params["scale"]).astype(np.float32)
             # the patch's second axis: another fine axis, else (one axis finer than the rest by >10%, e.g. a
             # 1.15x1.15x1.0 mm MPRAGE) any other axis long enough for a patch
-            others = [a for a in axes if a != axis] or [a for a in range(3) if a != axis and vol.size[a] >= 16]
+            others = [a for a in axes if a != axis] or [a for a in range(3)
+                                                        if a != axis and vol.size[a] >= self.MIN_AXIS]
             self.items.append((up_n, hr_n, axis, others, w))
             self.records.append(record)
 
