@@ -117,7 +117,18 @@ def test_models_table_shows_measured_metrics(capsys) -> None:
     metrics = json.loads((WEIGHTS_DIR / "mr-sr-x2.json").read_text())["metrics"]["mr-sr-x2"]
     lo, hi = metrics["held_out_gain_db_min"], metrics["held_out_gain_db_max"]
     assert f"mr-sr-x2 {lo:+.2f}..{hi:+.2f} dB" in out  # the card's held-out range, as measured
-    assert "mr-throughplane-x4" in out and "(every volume)" in out
+    assert "mr-throughplane-x4" in out
+
+
+def test_measured_falls_back_to_every_volume_and_says_so() -> None:
+    """A card without held-out figures shows the range over every benched volume, labelled as such."""
+    from MedSREnhanceLib.models.registry import measured
+
+    volumes = [{"verdict": {"gain_db": {"psnr_fg": g}}} for g in (0.61, 1.42)]
+    assert measured({"metrics": {"case-a": {"per_volume": volumes}}}) == "case-a +0.61..+1.42 dB (every volume)"
+    held = {"held_out_gain_db_min": 0.5, "held_out_gain_db_max": 2.11, "per_volume": volumes}
+    assert measured({"metrics": {"case-a": held}}) == "case-a +0.50..+2.11 dB"
+    assert measured({}) == "-"
 
 
 @pytest.mark.parametrize("name", ["up.MHA", "up.MHD", "up.NII", "up.Nii.gz", "up.NHDR"])

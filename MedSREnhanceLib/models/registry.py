@@ -124,7 +124,7 @@ LEARNED: tuple[ModelSpec, ...] = (
     # sr-x4-consistency), though on the whole volume it gained +0.15: off by default until the bench crops first
     _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd", consistency=False),
     _throughplane("mr", "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
-                  "9f47d28b7bed1caf8ea4a712177af886523adcfbdffb6e82416639c34700a383"),
+                  "291c01e51d7730e55d4368adb31ad01e7b31bbf82641af6498cd35a198de513a"),
     # trained on the in-plane planes of the HU volumes with weights_ok (configs/ct-throughplane.toml)
     _throughplane("ct", "CT through-plane super-resolution in HU, slice ratio 2-6 (2D net on both slice "
                         "orientations)", "53e68e7b6ed67c054a4019ee18954af5467e58c604466073654fac39c715c04d"),
