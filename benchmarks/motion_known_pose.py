@@ -1,0 +1,130 @@
+"""How much a physics-based motion correction could recover: invert the simulated motion with the TRUE poses (issue 15).
+
+    python benchmarks/motion_known_pose.py ../shared/data/MANIFEST.json --ids mr_gd,stroke_t1 --case mr-motion-4
+
+Three learned attempts at `mr-motion` gave no gain over the corrupted input (README, Motion). This measures the
+ceiling of the other route, estimate the poses then invert the acquisition: each whole ground truth is corrupted
+exactly as `medsr bench` does (same generator, same events), then reconstructed by conjugate gradients on the
+acquisition model with the poses and event times the simulator recorded, and scored on the bench's crop (foreground
+PSNR, MR data range = the ground truth's 99.5th percentile). It is an upper bound: a real corrector has to
+estimate the phase-encode axis, event times and poses from the corrupted magnitude image alone.
+
+Acquisition model: every k-space plane along the phase-encode axis comes from the object in one pose (the pose at
+that plane's time); the corrupted volume is a magnitude image, so its spectrum is Hermitian and each plane holds the
+mean of the spectra of its own pose and of the mirrored plane's pose (the real part of the complex image; exact
+where the image is positive, the rectified background ghosts excepted). Rigid warps by trilinear resampling; their
+adjoint is taken as the inverse warp. Prints Markdown; writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from MedSREnhanceLib import read_volume  # noqa: E402
+from MedSREnhanceLib.evaluation.cache import seed_for  # noqa: E402
+from MedSREnhanceLib.evaluation.cases import (  # noqa: E402
+    crop_box, crop_volume, find_volumes, parse_case, prepare_ground_truth)
+from MedSREnhanceLib.evaluation.metrics import foreground_mask, score  # noqa: E402
+from MedSREnhanceLib.simulate import random_rigid_motion  # noqa: E402
+from MedSREnhanceLib.simulate.motion import _line_times, _poses_relative_to_centre  # noqa: E402
+
+
+def warp(x: torch.Tensor, pose: np.ndarray, half_extent: np.ndarray, inverse: bool = False) -> torch.Tensor:
+    """The object (array z, y, x) after a rigid ``pose`` (4x4, physical (i, j, k) mm about the volume centre, the
+    simulator's convention: out(p) = in(pose^-1 p)), or after its inverse."""
+    p = np.linalg.inv(pose) if inverse else pose
+    d = np.diag(half_extent)  # normalised grid coordinates (i, j, k) -> mm from the centre
+    r_inv = p[:3, :3].T
+    theta = np.concatenate([np.linalg.inv(d) @ r_inv @ d, (-np.linalg.inv(d) @ r_inv @ p[:3, 3])[:, None]], 1)
+    grid = F.affine_grid(torch.tensor(theta[None], dtype=torch.float32), (1, 1) + tuple(x.shape), align_corners=False)
+    return F.grid_sample(x[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
+
+
+def plane_weights(shape: tuple[int, ...], pe_axis: int, starts: list[float]) -> dict[int, torch.Tensor]:
+    """Per pose index, the weight of its spectrum in every k-space plane along the phase-encode axis (FFT layout):
+    1/2 for the plane's own time, 1/2 for the mirrored plane's (the Hermitian spectrum of a magnitude image)."""
+    axis = 2 - pe_axis
+    n = shape[axis]
+    state = np.searchsorted(np.asarray(starts), _line_times(n), side="right") - 1
+    mirrored = state[(-np.arange(n)) % n]
+    out = {}
+    for s in np.unique(np.concatenate([state, mirrored])):
+        w = 0.5 * ((state == s).astype(np.float32) + (mirrored == s).astype(np.float32))
+        view = [1, 1, 1]
+        view[axis] = n
+        out[int(s)] = torch.from_numpy(w.reshape(view))
+    return out
+
+
+def invert(corrupted: np.ndarray, poses: list[np.ndarray], weights: dict[int, torch.Tensor],
+           half_extent: np.ndarray, iterations: int) -> np.ndarray:
+    """Least-squares object under the acquisition model, by conjugate gradients on the normal equations, from the
+    corrupted volume."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return sum(w * torch.fft.fftn(warp(x, poses[s], half_extent)) for s, w in weights.items())
+
+    def adjoint(k: torch.Tensor) -> torch.Tensor:
+        return sum(warp(torch.fft.ifftn(w * k).real, poses[s], half_extent, inverse=True) for s, w in weights.items())
+
+    y = torch.from_numpy(corrupted.astype(np.float32))
+    x = y.clone()
+    r = adjoint(torch.fft.fftn(y)) - adjoint(forward(x))
+    p, rs = r.clone(), float((r * r).sum())
+    for _ in range(iterations):
+        ap = adjoint(forward(p))
+        alpha = rs / float((p * ap).sum())
+        x, r = x + alpha * p, r - alpha * ap
+        rs_new = float((r * r).sum())
+        p, rs = r + (rs_new / rs) * p, rs_new
+    return x.numpy()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", help="MANIFEST.json files or volume folders")
+    parser.add_argument("--ids", required=True, help="comma-separated volume ids")
+    parser.add_argument("--case", default="mr-motion-4", help="a bench motion case, mr-motion-<degrees and mm>")
+    parser.add_argument("--crop", type=int, default=112)
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    case = parse_case(args.case)
+    if case.task != "motion":
+        raise SystemExit(f"{args.case} is not a motion case")
+    p = case.params
+    print(f"{args.case}, crop {args.crop}, {args.iterations} CG iterations with the true poses\n")
+    print("| volume | PE axis (i,j,k) | event times | input fg PSNR | known-pose inversion fg PSNR | gain (dB) | s |")
+    print("|---|---|---|---|---|---|---|")
+    for bv in find_volumes(args.inputs, args.ids.split(",")):
+        full, _ = prepare_ground_truth(read_volume(bv.path), "mr")
+        start, size = crop_box(full, case, args.crop, foreground_mask(full.array, "mr", smooth_sigma=2.0))
+        moved, record = random_rigid_motion(full, seed_for(0, case.name, bv.id), p["n_events"],
+                                            p["max_rotation_deg"], p["max_translation_mm"], tuple(p["pe_axes"]))
+        pe_axis, events = record["params"]["pe_axis"], record["params"]["events"]
+        poses, starts = _poses_relative_to_centre(events, full.array.shape[2 - pe_axis])
+        weights = plane_weights(full.array.shape, pe_axis, starts)
+        half_extent = np.asarray(full.spacing) * np.asarray(full.array.shape[::-1]) / 2.0
+        t0 = time.perf_counter()
+        fixed = full.with_array(invert(moved.array, poses, weights, half_extent, args.iterations))
+        seconds = time.perf_counter() - t0
+        gt = crop_volume(full, start, size).array
+        mask = foreground_mask(gt, "mr")
+        before = score(crop_volume(moved, start, size).array, gt, "mr", mask)["psnr_fg"]
+        after = score(crop_volume(fixed, start, size).array, gt, "mr", mask)["psnr_fg"]
+        times = ", ".join(f"{e['time']:.2f}" for e in events)
+        print(f"| {bv.id} | {pe_axis} | {times} | {before:.2f} | {after:.2f} | {after - before:+.2f} | {seconds:.0f} |",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
