@@ -129,7 +129,7 @@ LEARNED: tuple[ModelSpec, ...] = (
     _throughplane("ct", "CT through-plane super-resolution in HU, slice ratio 2-6 (2D net on both slice "
                         "orientations)", "53e68e7b6ed67c054a4019ee18954af5467e58c604466073654fac39c715c04d"),
     _denoiser("mr", "MR denoising, Rician noise 2-10% (3D residual U-Net on noise-level-normalised input)",
-              "ba34167e3bd3f9c49792f3a8e41e32004d1d09051a361214891bdb96d4722449", normalisation="mr-noise"),
+              "b3b5566013f8053e0fe3321527f2f6c4615777c90978f22449af1ba6433f4cd9", normalisation="mr-noise"),
     _denoiser("ct", "Low-dose CT denoising, 1e4-1e5 photons per ray (3D residual U-Net on noise-level-normalised "
                     "input)",
               "75c0dd4a9e016673ef2c50121002f68540c68562368885856b36a63ca890a2b1", normalisation="ct-noise"),
