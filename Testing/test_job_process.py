@@ -106,7 +106,9 @@ def test_child_job_gives_the_blocking_voxels_and_reports_while_the_gil_is_held(s
     stages = [r.stage for r in reports]
     assert stages[0] in ("starting", "loading") and "inference" in stages
     units = [r for r in reports if r.stage == "inference"]
-    assert len(units) >= 2 and units[-1].total >= 2  # ensemble members (2 of 8 by default) inside the window
+    # ensemble members (2 of 8 by default) count as units inside the window; how many reports arrive depends on
+    # when the polls fall (poll forwards the newest report of each stage), so only the last one is certain
+    assert units and units[-1].total >= 2 and units[-1].done == units[-1].total
     assert all(r.eta is not None for r in units if r.done)  # an ETA once any work is done
     text = "\n".join(outcome.log)
     assert lines == outcome.log and MODEL in text and "tiled inference on cpu" in text and "ran on cpu" in text
