@@ -2,7 +2,7 @@
 
     python benchmarks/motion_known_pose.py ../shared/data/MANIFEST.json --ids mr_gd,stroke_t1 --case mr-motion-4
 
-Three learned attempts at `mr-motion` gave no gain over the corrupted input (README, Motion). This measures the
+Two learned attempts at `mr-motion` gave no gain over the corrupted input (README, Motion). This measures the
 ceiling of the other route, estimate the poses then invert the acquisition: each whole ground truth is corrupted
 exactly as `medsr bench` does (same generator, same events), then reconstructed by conjugate gradients on the
 acquisition model with the poses and event times the simulator recorded, and scored on the bench's crop (foreground
@@ -34,7 +34,7 @@ from MedSREnhanceLib.evaluation.cases import (  # noqa: E402
     crop_box, crop_volume, find_volumes, parse_case, prepare_ground_truth)
 from MedSREnhanceLib.evaluation.metrics import foreground_mask, score  # noqa: E402
 from MedSREnhanceLib.simulate import random_rigid_motion  # noqa: E402
-from MedSREnhanceLib.simulate.motion import _line_times, _poses_relative_to_centre  # noqa: E402
+from MedSREnhanceLib.simulate.motion import _poses_relative_to_centre, line_poses  # noqa: E402
 
 
 def warp(x: torch.Tensor, pose: np.ndarray, half_extent: np.ndarray, inverse: bool = False) -> torch.Tensor:
@@ -42,8 +42,8 @@ def warp(x: torch.Tensor, pose: np.ndarray, half_extent: np.ndarray, inverse: bo
     simulator's convention: out(p) = in(pose^-1 p)), or after its inverse."""
     p = np.linalg.inv(pose) if inverse else pose
     d = np.diag(half_extent)  # normalised grid coordinates (i, j, k) -> mm from the centre
-    r_inv = p[:3, :3].T
-    theta = np.concatenate([np.linalg.inv(d) @ r_inv @ d, (-np.linalg.inv(d) @ r_inv @ p[:3, 3])[:, None]], 1)
+    back = np.diag(1.0 / np.asarray(half_extent)) @ p[:3, :3].T  # mm -> normalised, through the inverse rotation
+    theta = np.concatenate([back @ d, (-back @ p[:3, 3])[:, None]], 1)
     grid = F.affine_grid(torch.tensor(theta[None], dtype=torch.float32), (1, 1) + tuple(x.shape), align_corners=False)
     return F.grid_sample(x[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
 
@@ -53,7 +53,7 @@ def plane_weights(shape: tuple[int, ...], pe_axis: int, starts: list[float]) -> 
     1/2 for the plane's own time, 1/2 for the mirrored plane's (the Hermitian spectrum of a magnitude image)."""
     axis = 2 - pe_axis
     n = shape[axis]
-    state = np.searchsorted(np.asarray(starts), _line_times(n), side="right") - 1
+    state = line_poses(n, starts)
     mirrored = state[(-np.arange(n)) % n]
     out = {}
     for s in np.unique(np.concatenate([state, mirrored])):
@@ -76,7 +76,7 @@ def invert(corrupted: np.ndarray, poses: list[np.ndarray], weights: dict[int, to
 
     y = torch.from_numpy(corrupted.astype(np.float32))
     x = y.clone()
-    r = adjoint(torch.fft.fftn(y)) - adjoint(forward(x))
+    r = adjoint(torch.fft.fftn(y) - forward(x))  # the adjoint is linear: one pass for the residual
     p, rs = r.clone(), float((r * r).sum())
     for _ in range(iterations):
         ap = adjoint(forward(p))

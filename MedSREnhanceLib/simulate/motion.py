@@ -44,14 +44,18 @@ def _line_times(n: int) -> np.ndarray:
     return (order + 0.5) / n
 
 
+def line_poses(n: int, starts: Sequence[float]) -> np.ndarray:
+    """Index into the poses of each of ``n`` lines (numpy's FFT layout): the last pose started by the line's time."""
+    return np.searchsorted(np.asarray(starts, float), _line_times(n), side="right") - 1
+
+
 def _poses_relative_to_centre(events: Sequence[dict[str, Any]], n: int) -> tuple[list[np.ndarray], list[float]]:
     """Absolute poses (identity first) re-expressed so the pose of the centre line is the identity; start times."""
     poses, starts = [np.eye(4)], [0.0]
     for e in events:
         poses.append(_pose(e) @ poses[-1])
         starts.append(float(e["time"]))
-    t_centre = float(_line_times(n)[0])  # FFT-layout index 0 is the k-space centre
-    centre = max(i for i, s in enumerate(starts) if s <= t_centre)
+    centre = int(line_poses(n, starts)[0])  # FFT-layout index 0 is the k-space centre
     inv_centre = np.linalg.inv(poses[centre])
     return [p @ inv_centre for p in poses], starts
 
@@ -81,12 +85,11 @@ def acquired_kspace(vol: Volume, pe_axis: int, events: Sequence[dict[str, Any]])
     array = vol.array.astype(np.float32)
     axis = 2 - pe_axis
     poses, starts = _poses_relative_to_centre(events, array.shape[axis])
-    line_time = _line_times(array.shape[axis])
-    ends = starts[1:] + [np.inf]
+    pose_of_line = line_poses(array.shape[axis], starts)
     spacing_zyx = np.asarray(vol.spacing[::-1], float)
     kspace = np.zeros(array.shape, np.complex64)
-    for pose, start, end in zip(poses, starts, ends):
-        lines = np.nonzero((line_time >= start) & (line_time < end))[0]
+    for i, pose in enumerate(poses):
+        lines = np.nonzero(pose_of_line == i)[0]
         if lines.size == 0:
             continue
         index: list[Any] = [slice(None)] * 3
