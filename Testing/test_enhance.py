@@ -311,3 +311,37 @@ def test_ensemble_option_runs_fewer_members_and_restores_the_model() -> None:
     with pytest.raises(InputError, match="ensemble"):
         enhance(vol, task="denoise", model="mr-denoise", device="cpu", ensemble=9)
     assert _load_network("mr-denoise").ensemble == 8
+
+
+def _ct_phantom(surround: float, seed: int = 0) -> Volume:
+    """A noisy CT slab (z, y, x): a soft-tissue body with lungs and a bone, 10+ voxels of air around it (its noise
+    dips below -1024 HU), and ``surround`` outside the reconstruction circle (scanners write -2048..-3024 HU)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = 12, 72, 72
+    yy, xx = np.mgrid[:y, :x] - 35.5
+    hu = np.full((y, x), -1000.0)
+    hu[(yy / 18) ** 2 + (xx / 22) ** 2 < 1] = 40.0
+    hu[((yy / 9) ** 2 + ((np.abs(xx) - 10) / 7) ** 2) < 1] = -850.0
+    hu[(yy - 12) ** 2 + xx ** 2 < 9] = 700.0
+    hu[np.hypot(yy, xx) > 34] = surround
+    arr = np.repeat(hu[None], z, 0) + rng.normal(0, 20, (z, y, x)) * (hu[None] > -1500)
+    return Volume(arr.astype(np.float32), spacing=(0.8, 0.8, 3.0), metadata={"modality": "CT"})
+
+
+def _inside(shape: tuple[int, ...], rim: int) -> np.ndarray:
+    yy, xx = np.mgrid[:shape[1], :shape[2]] - (shape[1] - 1) / 2
+    return np.repeat((np.hypot(yy, xx) < 34 - rim)[None], shape[0], 0)
+
+
+@pytest.mark.parametrize("task,scale", [("denoise", 1), ("sr", (1, 1, 2))])
+def test_ct_padding_outside_the_circle_neither_reaches_the_body_nor_changes(task: str, scale) -> None:
+    air = enhance(_ct_phantom(-1000.0), task=task, scale=scale, modality="ct", model="auto")
+    padded = enhance(_ct_phantom(-3024.0), task=task, scale=scale, modality="ct", model="auto")
+    assert air.model.startswith("ct-") and padded.model == air.model
+    out = padded.enhanced.array
+    body = _inside(out.shape, rim=10)
+    # the nets see padding as air: the body's output is that of the same scan with air around it
+    assert float(np.abs(out - air.enhanced.array)[body].mean()) < 0.5
+    # and the padding keeps its value on the output grid, with a message saying so
+    assert np.all(out[~_inside(out.shape, rim=-1)] == -3024.0)
+    assert any("padding" in m for m in padded.messages)

@@ -227,7 +227,8 @@ def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: d
 
     halo = int(getattr(net, "tile_halo", getattr(net, "halo", 16)))  # tile_halo: where the net allows less
     with _timed(ctx, "normalise"):
-        array, norm = normalise.forward(guards.clip_outliers(volume.array, ctx["messages"]), spec.normalisation)
+        floored = guards.ct_padding_as_air(volume.array, spec.normalisation, ctx["messages"])
+        array, norm = normalise.forward(guards.clip_outliers(floored, ctx["messages"]), spec.normalisation)
     if "noise_percent" in norm:
         logger.info("noise level estimated: %.2f %% of the 99.5th percentile", norm["noise_percent"])
     elif "noise_hu" in norm:
@@ -439,6 +440,8 @@ def enhance(
     if task == "sr" and consistency and spec.acquisition:
         with _timed(ctx, "consistency"):
             enhanced = _project(spec, volume, enhanced, factors, messages)
+    if spec.kind == "learned":
+        enhanced = guards.restore_ct_padding(volume, enhanced, spec.normalisation)
     last = reports[-1] if reports else None  # what the run finished: the final report keeps its count
     done = last.total if last is not None and last.total else 1
     _report(ctx, done, done, "finishing", "residual map")
