@@ -147,3 +147,10 @@ def test_card_summary():
     text = h.card_summary("SR net", card)
     assert text == "SR net | 0.12 M parameters | trained on 3 volumes | measured: psnr.whole 35.1, psnr.mask 31, ssim 0.91"
     assert h.card_summary("Trilinear", {}) == "Trilinear"
+    gan = h.card_summary("GAN", {"hallucination_risk": "HIGH, by design. Invented detail can look like anatomy."})
+    assert gan == "GAN | hallucination risk: HIGH, by design."
+
+
+def test_the_bundled_gan_warns_in_the_model_list():
+    text = {c.name: c.summary for c in h.model_choices("sr")}["mr-sr-x2-gan"]
+    assert "hallucination risk: HIGH" in text and "never picked by auto" in text

@@ -71,6 +71,9 @@ def card_summary(summary: str, card: Any) -> str:
     numbers = _numbers(card.get("metrics"))
     if numbers:
         parts.append("measured: " + ", ".join(f"{k} {v:.3g}" for k, v in numbers[:3]))
+    risk = card.get("hallucination_risk")
+    if isinstance(risk, str) and risk:  # a GAN's card: its first sentence belongs in front of the radiologist
+        parts.append("hallucination risk: " + risk.split(". ")[0].rstrip(".") + ".")
     return " | ".join(parts)
 
 
