@@ -227,8 +227,8 @@ def _run_network(net: Any, spec: ModelSpec, volume: Volume, scale: Scale, ctx: d
 
     halo = int(getattr(net, "tile_halo", getattr(net, "halo", 16)))  # tile_halo: where the net allows less
     with _timed(ctx, "normalise"):
-        floored = guards.ct_padding_as_air(volume.array, spec.normalisation, ctx["messages"])
-        array, norm = normalise.forward(guards.clip_outliers(floored, ctx["messages"]), spec.normalisation)
+        unpadded = guards.ct_padding_as_air(volume.array, spec.normalisation, ctx["messages"])
+        array, norm = normalise.forward(guards.clip_outliers(unpadded, ctx["messages"]), spec.normalisation)
     if "noise_percent" in norm:
         logger.info("noise level estimated: %.2f %% of the 99.5th percentile", norm["noise_percent"])
     elif "noise_hu" in norm:
