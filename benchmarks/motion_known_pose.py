@@ -34,7 +34,7 @@ from MedSREnhanceLib.evaluation.cases import (  # noqa: E402
     crop_box, crop_volume, find_volumes, parse_case, prepare_ground_truth)
 from MedSREnhanceLib.evaluation.metrics import foreground_mask, score  # noqa: E402
 from MedSREnhanceLib.simulate import random_rigid_motion  # noqa: E402
-from MedSREnhanceLib.simulate.motion import _poses_relative_to_centre, line_poses  # noqa: E402
+from MedSREnhanceLib.simulate.motion import poses_relative_to_centre, line_poses  # noqa: E402
 
 
 def warp(x: torch.Tensor, pose: np.ndarray, half_extent: np.ndarray, inverse: bool = False) -> torch.Tensor:
@@ -110,7 +110,7 @@ def main() -> int:
         moved, record = random_rigid_motion(full, seed_for(0, case.name, bv.id), p["n_events"],
                                             p["max_rotation_deg"], p["max_translation_mm"], tuple(p["pe_axes"]))
         pe_axis, events = record["params"]["pe_axis"], record["params"]["events"]
-        poses, starts = _poses_relative_to_centre(events, full.array.shape[2 - pe_axis])
+        poses, starts = poses_relative_to_centre(events, full.array.shape[2 - pe_axis])
         weights = plane_weights(full.array.shape, pe_axis, starts)
         half_extent = np.asarray(full.spacing) * np.asarray(full.array.shape[::-1]) / 2.0
         t0 = time.perf_counter()

@@ -49,7 +49,7 @@ def line_poses(n: int, starts: Sequence[float]) -> np.ndarray:
     return np.searchsorted(np.asarray(starts, float), _line_times(n), side="right") - 1
 
 
-def _poses_relative_to_centre(events: Sequence[dict[str, Any]], n: int) -> tuple[list[np.ndarray], list[float]]:
+def poses_relative_to_centre(events: Sequence[dict[str, Any]], n: int) -> tuple[list[np.ndarray], list[float]]:
     """Absolute poses (identity first) re-expressed so the pose of the centre line is the identity; start times."""
     poses, starts = [np.eye(4)], [0.0]
     for e in events:
@@ -84,7 +84,7 @@ def acquired_kspace(vol: Volume, pe_axis: int, events: Sequence[dict[str, Any]])
         raise ValueError(f"motion event times must be in [0, 1] and in scan order, got {times}")
     array = vol.array.astype(np.float32)
     axis = 2 - pe_axis
-    poses, starts = _poses_relative_to_centre(events, array.shape[axis])
+    poses, starts = poses_relative_to_centre(events, array.shape[axis])
     pose_of_line = line_poses(array.shape[axis], starts)
     spacing_zyx = np.asarray(vol.spacing[::-1], float)
     kspace = np.zeros(array.shape, np.complex64)
