@@ -54,3 +54,35 @@ def test_loso_table_pairs_each_volume_with_the_run_that_left_its_group_out(tmp_p
     assert rows["mr_gd"][2:] == ["figshare-gd", "+1.50", "+1.10", "+1.00", "-0.40"]
     assert rows["stroke_t1"][2] == "cstar-stroke" and rows["stroke_t1"][4] == rows["stroke_t1"][6] == "-"
     assert rows["chris_t1"][2] == "(evaluation only)"
+
+
+def test_motion_criterion_model_is_the_simulator_and_its_floor_is_the_ghosts_outside_the_head() -> None:
+    """benchmarks/motion_criterion.py: with the simulator's poses its acquisition reproduces the corrupted magnitude
+    image from the ground truth; with no correction the criterion is the energy the corrupted image has outside the
+    head support (the ghosts), since the best x on the support is the image there."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import motion_criterion as mc
+
+    from MedSREnhanceLib.core.volume import Volume
+    from MedSREnhanceLib.simulate.motion import poses_relative_to_centre, rigid_motion
+
+    zz, yy, xx = np.mgrid[:24, :28, :26] - np.array([11.5, 13.5, 12.5])[:, None, None, None]
+    head = ((zz / 7) ** 2 + (yy / 9) ** 2 + (xx / 8) ** 2 < 1) * (1.0 + 0.5 * np.sin(yy / 2.0) * np.cos(xx / 3.0))
+    vol = Volume(head.astype(np.float32), spacing=(1.0, 1.0, 1.2))
+    events = [{"time": 0.3, "rotation_deg": [0, 0, 3.0], "translation_mm": [1.5, 0, 0]},
+              {"time": 0.75, "rotation_deg": [2.0, 0, 0], "translation_mm": [0, -1.0, 0.5]}]
+    y = rigid_motion(vol, 1, events).array
+    poses, starts = poses_relative_to_centre(events, vol.array.shape[1])
+    half = np.asarray(vol.spacing) * np.asarray(vol.array.shape[::-1]) / 2.0
+    truth = mc.Acquisition(vol.array.shape, 1, starts, poses, half)
+    again = truth.forward(torch.from_numpy(vol.array)).abs().numpy()
+    assert np.abs(again - y).max() < 0.02 * np.abs(y).max()  # trilinear warps here and in the simulator
+    support = mc.head_support(y, 2)
+    none = mc.Acquisition(vol.array.shape, 1, starts, [mc.scaled(q, 0.0) for q in poses], half)
+    r_none, x = mc.criterion(torch.from_numpy(y), support, none, outer=3, inner=3)
+    outside = float((y[support.numpy() == 0] ** 2).sum() / (y ** 2).sum())
+    assert outside > 0 and abs(r_none - outside) < 1e-3 * outside
+    np.testing.assert_allclose(x.numpy(), y * support.numpy(), atol=1e-5)
