@@ -38,14 +38,12 @@ from scipy.spatial.transform import Rotation
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from motion_known_pose import warp  # noqa: E402
+from motion_known_pose import corrupt_like_bench, motion_case, warp  # noqa: E402
 
 from MedSREnhanceLib import read_volume  # noqa: E402
-from MedSREnhanceLib.evaluation.cache import seed_for  # noqa: E402
-from MedSREnhanceLib.evaluation.cases import find_volumes, parse_case, prepare_ground_truth  # noqa: E402
+from MedSREnhanceLib.evaluation.cases import find_volumes, prepare_ground_truth  # noqa: E402
 from MedSREnhanceLib.evaluation.metrics import foreground_mask, mr_scale, psnr  # noqa: E402
-from MedSREnhanceLib.simulate import random_rigid_motion  # noqa: E402
-from MedSREnhanceLib.simulate.motion import line_poses, poses_relative_to_centre  # noqa: E402
+from MedSREnhanceLib.simulate.motion import line_poses  # noqa: E402
 
 
 def scaled(pose: np.ndarray, c: float) -> np.ndarray:
@@ -122,21 +120,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    case = parse_case(args.case)
-    if case.task != "motion":
-        raise SystemExit(f"{args.case} is not a motion case")
-    p = case.params
+    case = motion_case(args.case)
     print(f"{args.case}, whole volumes, {args.outer} phase updates x {args.inner} CG steps, support dilated by "
           f"{args.dilation}\n")
     print("| volume | c | R(c) | fg PSNR of x (dB) | corrupted input fg PSNR (dB) | s |")
     print("|---|---|---|---|---|---|")
     for bv in find_volumes(args.inputs, args.ids.split(",")):
         full, _ = prepare_ground_truth(read_volume(bv.path), "mr")
-        moved, record = random_rigid_motion(full, seed_for(0, case.name, bv.id), p["n_events"],
-                                            p["max_rotation_deg"], p["max_translation_mm"], tuple(p["pe_axes"]))
-        pe_axis, events = record["params"]["pe_axis"], record["params"]["events"]
-        poses, starts = poses_relative_to_centre(events, full.array.shape[2 - pe_axis])
-        half_extent = np.asarray(full.spacing) * np.asarray(full.array.shape[::-1]) / 2.0
+        moved, pe_axis, _, poses, starts, half_extent = corrupt_like_bench(full, case, bv.id)
         y = torch.from_numpy(moved.array.astype(np.float32))
         support = head_support(moved.array, args.dilation)
         truth = full.array

@@ -21,6 +21,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from MedSREnhanceLib import read_volume  # noqa: E402
 from MedSREnhanceLib.evaluation.cache import seed_for  # noqa: E402
 from MedSREnhanceLib.evaluation.cases import (  # noqa: E402
-    crop_box, crop_volume, find_volumes, parse_case, prepare_ground_truth)
+    Case, crop_box, crop_volume, find_volumes, parse_case, prepare_ground_truth)
 from MedSREnhanceLib.evaluation.metrics import foreground_mask, score  # noqa: E402
 from MedSREnhanceLib.simulate import random_rigid_motion  # noqa: E402
-from MedSREnhanceLib.simulate.motion import poses_relative_to_centre, line_poses  # noqa: E402
+from MedSREnhanceLib.core.volume import Volume  # noqa: E402
+from MedSREnhanceLib.simulate.motion import line_poses, poses_relative_to_centre  # noqa: E402
 
 
 def warp(x: torch.Tensor, pose: np.ndarray, half_extent: np.ndarray, inverse: bool = False) -> torch.Tensor:
@@ -87,6 +89,28 @@ def invert(corrupted: np.ndarray, poses: list[np.ndarray], weights: dict[int, to
     return x.numpy()
 
 
+def motion_case(name: str) -> Case:
+    """The bench case ``name``, refused unless it is a motion case."""
+    case = parse_case(name)
+    if case.task != "motion":
+        raise SystemExit(f"{name} is not a motion case")
+    return case
+
+
+def corrupt_like_bench(full: Volume, case: Case, volume_id: str
+                       ) -> tuple[Volume, int, list[dict[str, Any]], list[np.ndarray], list[float], np.ndarray]:
+    """``full`` corrupted exactly as `medsr bench` does for ``case`` (same generator, same events): the corrupted
+    volume, its phase-encode axis, the events, the poses relative to the centre line with their start times, and
+    the half extent (mm, (i, j, k)) the warps use."""
+    p = case.params
+    moved, record = random_rigid_motion(full, seed_for(0, case.name, volume_id), p["n_events"],
+                                        p["max_rotation_deg"], p["max_translation_mm"], tuple(p["pe_axes"]))
+    pe_axis, events = record["params"]["pe_axis"], record["params"]["events"]
+    poses, starts = poses_relative_to_centre(events, full.array.shape[2 - pe_axis])
+    half_extent = np.asarray(full.spacing) * np.asarray(full.array.shape[::-1]) / 2.0
+    return moved, pe_axis, events, poses, starts, half_extent
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="MANIFEST.json files or volume folders")
@@ -97,22 +121,15 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    case = parse_case(args.case)
-    if case.task != "motion":
-        raise SystemExit(f"{args.case} is not a motion case")
-    p = case.params
+    case = motion_case(args.case)
     print(f"{args.case}, crop {args.crop}, {args.iterations} CG iterations with the true poses\n")
     print("| volume | PE axis (i,j,k) | event times | input fg PSNR | known-pose inversion fg PSNR | gain (dB) | s |")
     print("|---|---|---|---|---|---|---|")
     for bv in find_volumes(args.inputs, args.ids.split(",")):
         full, _ = prepare_ground_truth(read_volume(bv.path), "mr")
         start, size = crop_box(full, case, args.crop, foreground_mask(full.array, "mr", smooth_sigma=2.0))
-        moved, record = random_rigid_motion(full, seed_for(0, case.name, bv.id), p["n_events"],
-                                            p["max_rotation_deg"], p["max_translation_mm"], tuple(p["pe_axes"]))
-        pe_axis, events = record["params"]["pe_axis"], record["params"]["events"]
-        poses, starts = poses_relative_to_centre(events, full.array.shape[2 - pe_axis])
+        moved, pe_axis, events, poses, starts, half_extent = corrupt_like_bench(full, case, bv.id)
         weights = plane_weights(full.array.shape, pe_axis, starts)
-        half_extent = np.asarray(full.spacing) * np.asarray(full.array.shape[::-1]) / 2.0
         t0 = time.perf_counter()
         fixed = full.with_array(invert(moved.array, poses, weights, half_extent, args.iterations))
         seconds = time.perf_counter() - t0
