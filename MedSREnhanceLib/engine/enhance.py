@@ -435,11 +435,13 @@ def enhance(
     logger.info("model %s: %s", spec.name, spec.summary)
     enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
     kind = spec.acquisition or data_consistency.default_acquisition(modality, factors)
+    if task == "sr":  # periodic k-space for a whole field of view, mirrored edges for a crop: what the output fits
+        kind = data_consistency.best_fit(enhanced, volume, factors, kind)
     if consistency is None:
         consistency = spec.consistency_default
     if task == "sr" and consistency and spec.acquisition:
         with _timed(ctx, "consistency"):
-            enhanced = _project(spec, volume, enhanced, factors, messages)
+            enhanced = _project(volume, enhanced, factors, kind, messages)
     if spec.kind == "learned":
         enhanced = guards.restore_ct_padding(volume, enhanced, spec.normalisation)
     last = reports[-1] if reports else None  # what the run finished: the final report keeps its count
@@ -467,15 +469,19 @@ def enhance(
                          dtype=out_dtype, timings=ctx["timings"], adapted_weights=ctx.get("adapted_weights"))
 
 
-def _project(spec: ModelSpec, volume: Volume, enhanced: Volume, factors: Scale, messages: list[str]) -> Volume:
-    """The data-consistency projection of an SR output (unchanged, with a message, if the grids do not nest).
+def _project(volume: Volume, enhanced: Volume, factors: Scale, kind: str, messages: list[str]) -> Volume:
+    """The data-consistency projection of an SR output under acquisition ``kind`` (unchanged, with a message, if
+    the grids do not nest).
 
     Not clamped at 0 afterwards: the band limit rings slightly below 0 next to a zero background (as a zero-filled
     reconstruction does), and clamping it broke the consistency by 0.3-0.5 % RMS on the development volumes."""
-    projected = data_consistency.project(enhanced, volume, factors, spec.acquisition)
+    projected = data_consistency.project(enhanced, volume, factors, kind)
     if projected is None:
         messages.append("data consistency skipped: the output grid does not nest with the input grid at this scale")
         return enhanced
+    if kind == "kspace-mirrored":
+        messages.append("data consistency: the input looks cropped from a larger field of view (the output fits "
+                        "k-space truncation with mirrored edges better than a periodic one), projected with that")
     return projected
 
 
