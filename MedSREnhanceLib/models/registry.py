@@ -76,8 +76,7 @@ CLASSICAL: tuple[ModelSpec, ...] = (
               method="nlmeans", params={"h_factor": 0.8, "patch_size": 3, "patch_distance": 4}),
 )
 
-def _mr_sr(scale: int, sha256: str, default_ensemble: int | None = None, consistency: bool = True,
-           gan: bool = False) -> ModelSpec:
+def _mr_sr(scale: int, sha256: str, default_ensemble: int | None = None, gan: bool = False) -> ModelSpec:
     """The isotropic MR SR models differ only in their factor (one net per scale, same architecture); a GAN
     variant has the same net, other weights, and is used only when asked for by name."""
     name = f"mr-sr-x{scale}" + ("-gan" if gan else "")
@@ -89,9 +88,9 @@ def _mr_sr(scale: int, sha256: str, default_ensemble: int | None = None, consist
                      scale_mode="isotropic", scales=(float(scale),), acquisition="kspace",
                      # On whole held-out volumes the projection gained +0.21..+0.35 (x2), +0.14..+0.27 (x3) and
                      # +0.15..+0.31 dB (x4) fg PSNR (benchmarks/results/consistency); on the bench's 112-voxel crops
-                     # it can cost up to 0.23 dB, because a crop of a volume degraded whole is not the k-space
-                     # truncation of the crop. x4 keeps it off: there it took chris_t1 below the bench's bar.
-                     consistency_default=consistency, default_ensemble=default_ensemble)
+                     # the periodic k-space model cost up to 0.23 dB (a crop is not the truncation of itself), the
+                     # per-volume choice of a mirrored one (engine.consistency.best_fit) gains there too.
+                     default_ensemble=default_ensemble)
 
 
 def _throughplane(modality: str, summary: str, sha256: str) -> ModelSpec:
@@ -126,7 +125,7 @@ LEARNED: tuple[ModelSpec, ...] = (
     _mr_sr(3, "7cd5521d4b2e2cca736a8137348b06df1821a758d0a5296462f8c54d29cbf8dc"),
     # x4: the projection took chris_t1's crop-bench gain from +0.55 to +0.32 dB (bar 0.5; benchmarks/results/
     # sr-x4-consistency), though on the whole volume it gained +0.15: off by default until the bench crops first
-    _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd", consistency=False),
+    _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd"),
     _throughplane("mr", "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
                   "291c01e51d7730e55d4368adb31ad01e7b31bbf82641af6498cd35a198de513a"),
     # trained on the in-plane planes of the HU volumes with weights_ok (configs/ct-throughplane.toml)
