@@ -345,3 +345,15 @@ def test_ct_padding_outside_the_circle_neither_reaches_the_body_nor_changes(task
     # and the padding keeps its value on the output grid, with a message saying so
     assert np.all(out[~_inside(out.shape, rim=-1)] == -3024.0)
     assert any("padding" in m for m in padded.messages)
+
+
+def test_ct_padding_does_not_leak_into_the_air_under_classical_smoothing() -> None:
+    # a classical filter sees the padding as air too: without that, a 2-voxel Gaussian pulls the air next to the
+    # reconstruction circle hundreds of HU below -1000
+    params = {"sigma": 2.0}
+    padded = enhance(_ct_phantom(-3024.0), task="denoise", modality="ct", model="gaussian", params=params)
+    out = padded.enhanced.array
+    ring = _inside(out.shape, rim=0) & ~_inside(out.shape, rim=4)  # air between the body and the circle
+    assert float(np.abs(out[ring] + 1000.0).max()) < 60.0  # air (-1000, or -1024 where padding met it)
+    assert np.all(out[~_inside(out.shape, rim=-1)] == -3024.0)
+    assert any("padding" in m for m in padded.messages)

@@ -129,8 +129,11 @@ def _load_network(name: str) -> Any:
 def _run_classical(spec: ModelSpec, volume: Volume, scale: Scale, ctx: dict[str, Any]) -> Volume:
     params = {**spec.params, **(ctx["params"] or {})}
     _report(ctx, 0, 1)
+    # CT scanner padding (-2048/-3024 HU outside the reconstruction circle) as air, as for the nets: smoothing and
+    # interpolation would otherwise spread a 2000 HU step into the air next to it
+    unpadded = guards.ct_padding_as_air(volume.array, ctx["modality"], ctx["messages"])
     with _timed(ctx, "classical"):
-        out = classical.run(spec.method, volume, scale, params)
+        out = classical.run(spec.method, volume.with_array(unpadded), scale, params)
     _report(ctx, 1, 1)
     return out
 
@@ -431,7 +434,7 @@ def enhance(
                            # ensemble its calibration was fitted with (unless asked otherwise)
                            "ensemble": ensemble if ensemble is not None or uncertainty else spec.default_ensemble,
                            "ensemble_asked": ensemble is not None, "timings": {}, "adapt": float(adapt),
-                           "keep_adapted": keep_adapted}
+                           "keep_adapted": keep_adapted, "modality": modality}
     logger.info("model %s: %s", spec.name, spec.summary)
     enhanced = RUNNERS[spec.kind](spec, volume, factors, ctx)
     kind = spec.acquisition or data_consistency.default_acquisition(modality, factors)
@@ -442,8 +445,7 @@ def enhance(
     if task == "sr" and consistency and spec.acquisition:
         with _timed(ctx, "consistency"):
             enhanced = _project(volume, enhanced, factors, kind, messages)
-    if spec.kind == "learned":
-        enhanced = guards.restore_ct_padding(volume, enhanced, spec.normalisation)
+    enhanced = guards.restore_ct_padding(volume, enhanced, spec.normalisation if spec.kind == "learned" else modality)
     last = reports[-1] if reports else None  # what the run finished: the final report keeps its count
     done = last.total if last is not None and last.total else 1
     _report(ctx, done, done, "finishing", "residual map")
