@@ -120,6 +120,20 @@ def test_crops_get_the_mirrored_kspace_model_and_whole_fields_of_view_the_period
     np.testing.assert_allclose(again, lr_crop.array, atol=1e-3)
 
 
+def test_mirrored_operator_keeps_the_lr_grid_and_falls_back_where_it_cannot() -> None:
+    # a constant continues as itself under mirroring, so each LR sample is the constant (the LR grid is unmoved)
+    for n, f in ((20, 2.0), (21, 2.5), (7, 3.0)):
+        a = consistency.mirrored(dirichlet_matrix, n, f)
+        assert a.shape == dirichlet_matrix(n, f).shape
+        np.testing.assert_allclose(a @ np.ones(n), 1.0, atol=1e-9)
+    # a ramp stays a ramp near the middle, with the LR centres where the extent-preserving grid puts them
+    ramp = np.arange(40, dtype=float)
+    lr = consistency.mirrored(dirichlet_matrix, 40, 2.0) @ ramp
+    np.testing.assert_allclose(lr[8:12], 2.0 * np.arange(8, 12) + 0.5, atol=0.05)
+    # no whole number of LR samples spans whole HR samples at an irrational factor: the plain operator
+    np.testing.assert_array_equal(consistency.mirrored(dirichlet_matrix, 30, np.e), dirichlet_matrix(30, np.e))
+
+
 def test_enhance_sr_is_consistent_and_maps_sit_on_their_grids() -> None:
     from MedSREnhanceLib import enhance
 
