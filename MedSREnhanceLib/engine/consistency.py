@@ -36,7 +36,7 @@ def mirrored(operator: Callable[[int, float], np.ndarray], n: int, factor: float
              None)
     if k is None:
         return operator(n, factor)
-    pad = int(round(k * factor))
+    pad = round(k * factor)
     m = lr_positions(n, factor).size
     extend = np.pad(np.eye(n), ((pad, pad), (0, 0)), mode="symmetric")  # (n + 2 pad, n): repeats reflections
     return operator(n + 2 * pad, factor)[k:k + m] @ extend
