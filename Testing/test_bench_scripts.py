@@ -57,6 +57,19 @@ def test_loso_table_pairs_each_volume_with_the_run_that_left_its_group_out(tmp_p
     assert rows["chris_t1"][2] == "(evaluation only)"
 
 
+def test_loso_table_gives_both_ct_windows(tmp_path: Path) -> None:
+    results = {"results": [{"case": "ct-throughplane-x3", "volume": "hn_ct_cerr", "verdicts": {"models": {
+        "c": {"gain_db": {"psnr_fg_full": 3.0, "psnr_fg_soft": 3.2}},
+        "c-without-cerr-hn": {"gain_db": {"psnr_fg_full": 2.5, "psnr_fg_soft": 3.4}}}}}]}
+    path = tmp_path / "results.json"
+    path.write_text(__import__("json").dumps(results))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loso_table.py"), str(path), "--model", "c"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    row = [c.strip() for c in proc.stdout.splitlines()[2].strip("|").split("|")]
+    assert row[2:] == ["cerr-hn", "+3.00 / +3.20", "+2.50 / +3.40", "-0.50 / +0.20"]
+
+
 def test_motion_criterion_model_is_the_simulator_and_its_floor_is_the_ghosts_outside_the_head() -> None:
     """benchmarks/motion_criterion.py: with the simulator's poses its acquisition reproduces the corrupted magnitude
     image from the ground truth; with no correction the criterion is the energy the corrupted image has outside the

@@ -25,16 +25,25 @@ sys.path.insert(0, str(REPO))
 from MedSREnhanceLib.training.data_sources import DEFAULT_SOURCES, load_sources  # noqa: E402
 
 
-def gains(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], float]:
-    """(case, volume, model) -> fg PSNR gain over the best tuned baseline (dB), from the bench verdicts."""
+GAIN_KEYS = (("psnr_fg",), ("psnr_fg_full", "psnr_fg_soft"))  # MR; CT per window (full / soft tissue)
+
+
+def gains(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], tuple[float, ...]]:
+    """(case, volume, model) -> fg PSNR gain(s) over the best tuned baseline (dB), from the bench verdicts: one
+    for MR, full / soft-tissue window for CT."""
     out = {}
     for results_json in results:
         for res in results_json["results"]:
             for model, verdict in (res.get("verdicts", {}).get("models") or {}).items():
-                gain = (verdict.get("gain_db") or {}).get("psnr_fg")
-                if gain is not None:
-                    out[(res["case"], res["volume"], model)] = float(gain)
+                gain = verdict.get("gain_db") or {}
+                keys = next((k for k in GAIN_KEYS if all(key in gain for key in k)), None)
+                if keys is not None:
+                    out[(res["case"], res["volume"], model)] = tuple(float(gain[k]) for k in keys)
     return out
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return " / ".join(f"{v:+.2f}" for v in values)
 
 
 def table(results: list[dict[str, Any]], model: str, before: str, sources_path: str, runs: str = "") -> list[str]:
@@ -52,11 +61,10 @@ def table(results: list[dict[str, Any]], model: str, before: str, sources_path: 
         seen = g[(case, volume, model)]
         unseen = g.get((case, volume, prefix + group)) if group in left_out else None
         prior = g.get((case, volume, before)) if before else None
-        cells = [case, volume, group or "(evaluation only)", f"{seen:+.2f}",
-                 f"{unseen:+.2f}" if unseen is not None else "-"]
+        cells = [case, volume, group or "(evaluation only)", _fmt(seen), _fmt(unseen) if unseen is not None else "-"]
         if before:
-            cells.append(f"{prior:+.2f}" if prior is not None else "-")
-        cells.append(f"{unseen - seen:+.2f}" if unseen is not None else "-")
+            cells.append(_fmt(prior) if prior is not None else "-")
+        cells.append(_fmt(tuple(u - s for u, s in zip(unseen, seen))) if unseen is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
