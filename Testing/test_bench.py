@@ -271,3 +271,23 @@ def test_a_model_marked_not_auto_is_never_the_auto_pick(monkeypatch: pytest.Monk
     assert select_model("sr", "mr", (2.0, 2.0, 2.0)).name == "mr-sr-x2"
     assert runner.learned_models_for(cases.parse_case("mr-sr-x2"), "auto") == ["mr-sr-x2"]
     assert "fake-sr-gan" in runner.learned_models_for(cases.parse_case("mr-sr-x2"), ["fake-sr-gan"])  # by name
+
+
+def test_a_training_volume_under_another_name_is_not_called_held_out(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    from MedSREnhanceLib.models.registry import ModelSpec
+
+    card = {"training": {"volumes": ["vol_a"], "validation_volumes": ["vol_b"],
+                         "volume_hashes": {"vol_a": "aaaa", "vol_b": "bbbb"}}}
+    monkeypatch.setattr(ModelSpec, "card_data", lambda self: card)
+    assert runner.provenance("mr-sr-x2", "renamed_copy", "aaaa")["seen_in"] == "training"
+    assert runner.provenance("mr-sr-x2", "renamed_copy", "bbbb")["seen_in"] == "validation"
+    assert runner.provenance("mr-sr-x2", "vol_a")["held_out"] is False  # by id, as before
+    other = runner.provenance("mr-sr-x2", "renamed_copy", "cccc")
+    assert other["held_out"] is True and other["seen_in"] is None
+    # the hash is that of the volume as read, whatever the file is called
+    vol = Volume(np.arange(24, dtype=np.float32).reshape(2, 3, 4), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nrrd"
+    for path in (a, b):
+        sitk.WriteImage(to_sitk(vol), str(path))
+    assert runner.content_hash(str(a)) == runner.content_hash(str(b))

@@ -79,7 +79,8 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
               "Bar: a learned model "
               f"gains >= {BAR_DB} dB fg PSNR over the best tuned baseline (per CT window) and its SSIM (whole and fg) "
               "is no worse than the best baseline SSIM. 'held out' comes from the model card: a volume the model was "
-              "trained or validated on (early stopping) is not a held-out test.", ""]
+              "trained or validated on (early stopping) is not a held-out test, whether named by its id or found by the "
+              "content hash the card records (benchmarks/card_hashes.py).", ""]
     if any(c["task"] == "motion" for c in report["cases"]):
         lines += [f"Motion cases: the bar is >= {BAR_DB_BY_TASK['motion']} dB over the best of the tuned filters AND the "
                   "corrupted input (SSIM likewise).", ""]

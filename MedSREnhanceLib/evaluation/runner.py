@@ -1,6 +1,7 @@
 """Runs every case on every volume: degrade, baselines, learned models, score; writes results.json/.md."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -12,7 +13,7 @@ from ..engine.enhance import SAME_GRID
 from ..models import registry
 from . import baselines
 from .baselines import classical_rows, fourier_zerofill, run_learned
-from .cache import jsonable
+from .cache import array_hash, jsonable
 from .cases import BenchSettings, BenchVolume, Case, degraded_pair, parse_case
 from .report import learned_precision, markdown, plot_case, plot_trust
 from .scoring import Scorer, judge
@@ -39,13 +40,25 @@ def learned_models_for(case: Case, requested: Sequence[str] | str) -> list[str]:
     return [s.name for s in specs if s.kind == "learned" and case.modality in s.modalities and serves(s, case.task, scale)]
 
 
-def provenance(model: str, volume_id: str) -> dict[str, Any]:
-    """Which weights ran, and whether the model card says this volume was seen in training or validation."""
+@functools.lru_cache(maxsize=64)
+def content_hash(path: str) -> str:
+    """The hash the cards record for their training volumes (``training.volume_hashes``: voxels and geometry as
+    read), so a training volume is recognised under any file name."""
+    from ..core.io import read_volume
+
+    return array_hash(read_volume(path))
+
+
+def provenance(model: str, volume_id: str, volume_hash: str = "") -> dict[str, Any]:
+    """Which weights ran, and whether the model card says this volume was seen in training or validation (by its
+    id, or by ``volume_hash`` when it comes under another name, e.g. a file path)."""
     spec = registry.get(model)
     card = spec.card_data()
     training = card.get("training", {}) if isinstance(card.get("training"), dict) else {}
-    seen_train = volume_id in (training.get("volumes") or card.get("training_volumes") or [])
-    seen_val = volume_id in (training.get("validation_volumes") or [])
+    hashes = training.get("volume_hashes") or {}
+    known = next((v for v, h in hashes.items() if volume_hash and h == volume_hash), volume_id)
+    seen_train = known in (training.get("volumes") or card.get("training_volumes") or [])
+    seen_val = known in (training.get("validation_volumes") or [])
     return {"weights_sha256": spec.sha256, "held_out": not (seen_train or seen_val),
             "seen_in": "training" if seen_train else "validation" if seen_val else None}
 
@@ -126,7 +139,7 @@ def _learned_rows(case: Case, bv: BenchVolume, inp: Any, name: str, scorer: Scor
         scores, grid = scorer.score(result.enhanced)
         rows.append({"model": label, "kind": kind, "params": {}, "tuned_for": None, "metrics": scores,
                      "seconds": seconds, "grid": grid, "messages": list(result.messages),
-                     "trust": scorer.trust(result, inp), **provenance(name, bv.id)})
+                     "trust": scorer.trust(result, inp), **provenance(name, bv.id, content_hash(str(bv.path)))})
         outputs[label] = result.enhanced
         if "uncertainty" in result.extras:
             outputs[f"{label}:uncertainty"] = result.extras["uncertainty"]
