@@ -12,8 +12,8 @@ Everything here works in intensity units on the whole volume (after denormalisat
 The k-space model is periodic: exact for a whole field of view, wrong for a crop of a larger acquisition (a user's
 region of interest, the bench's crops), where it folds one face onto the other and the projection then costs up to
 0.2 dB. "kspace-mirrored" is the truncation of the volume continued by mirroring at its faces; ``best_fit`` picks,
-per volume, whichever of the two the network's own output agrees with better (measured: it picked the periodic
-model for the one whole volume and the mirrored one for the crops, each time the one that scored higher).
+per volume, whichever of the two the network's own output agrees with better (measured: the periodic model on
+five whole volumes, the mirrored one on the bench's crops, each time the one that scored higher).
 """
 from __future__ import annotations
 

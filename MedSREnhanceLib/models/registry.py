@@ -123,8 +123,8 @@ LEARNED: tuple[ModelSpec, ...] = (
     # on all nine bench volumes for -0.26..+0.05 dB fg PSNR (benchmarks/results/sr-x2-gan); all 8 flips, as measured
     _mr_sr(2, "96e475bc1a2d263226c71d99b6668af4858cc6937e668977b3cee4d0b3d628a0", gan=True),
     _mr_sr(3, "7cd5521d4b2e2cca736a8137348b06df1821a758d0a5296462f8c54d29cbf8dc"),
-    # x4: the projection took chris_t1's crop-bench gain from +0.55 to +0.32 dB (bar 0.5; benchmarks/results/
-    # sr-x4-consistency), though on the whole volume it gained +0.15: off by default until the bench crops first
+    # x4 projects too since the k-space model is chosen per volume: +0.02..+0.21 dB on every crop (chris_t1 +0.57
+    # over sinc; the periodic model alone had taken it to +0.32; benchmarks/results/sr-x4-consistency)
     _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd"),
     _throughplane("mr", "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
                   "291c01e51d7730e55d4368adb31ad01e7b31bbf82641af6498cd35a198de513a"),
