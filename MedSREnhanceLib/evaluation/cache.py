@@ -1,6 +1,7 @@
 """Hash-checked reuse of degraded inputs and classical results between bench runs, and JSON-safe values."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -31,6 +32,15 @@ def array_hash(*vols: Volume) -> str:
         h.update(np.ascontiguousarray(v.array).tobytes())
         h.update(json.dumps([v.spacing, v.origin, v.direction.ravel().tolist()]).encode())
     return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def content_hash(path: str) -> str:
+    """The hash model cards record for their training volumes (``training.volume_hashes``: voxels and geometry as
+    read), so the bench recognises a training volume under any file name."""
+    from ..core.io import read_volume
+
+    return array_hash(read_volume(path))
 
 
 def save_volumes(path: Path, vols: dict[str, Volume]) -> None:

@@ -1,7 +1,6 @@
 """Runs every case on every volume: degrade, baselines, learned models, score; writes results.json/.md."""
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -13,7 +12,7 @@ from ..engine.enhance import SAME_GRID
 from ..models import registry
 from . import baselines
 from .baselines import classical_rows, fourier_zerofill, run_learned
-from .cache import array_hash, jsonable
+from .cache import content_hash, jsonable
 from .cases import BenchSettings, BenchVolume, Case, degraded_pair, parse_case
 from .report import learned_precision, markdown, plot_case, plot_trust
 from .scoring import Scorer, judge
@@ -38,15 +37,6 @@ def learned_models_for(case: Case, requested: Sequence[str] | str) -> list[str]:
         return [spec.name] if spec.kind == "learned" else []
     specs = list(registry.LEARNED) if requested == "all" else [registry.get(n) for n in requested]
     return [s.name for s in specs if s.kind == "learned" and case.modality in s.modalities and serves(s, case.task, scale)]
-
-
-@functools.lru_cache(maxsize=64)
-def content_hash(path: str) -> str:
-    """The hash the cards record for their training volumes (``training.volume_hashes``: voxels and geometry as
-    read), so a training volume is recognised under any file name."""
-    from ..core.io import read_volume
-
-    return array_hash(read_volume(path))
 
 
 def provenance(model: str, volume_id: str, volume_hash: str = "") -> dict[str, Any]:

@@ -15,12 +15,13 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from ..evaluation.cache import content_hash
 from ..models.registry import WEIGHTS_DIR
 from .adversarial import AdversarialObjective, build_objective
 from .cards import model_card, write_card
 from .config import REPO_ROOT, Config, TrainConfig, load_config
 from .losses import build_model, expected_target, loss_fn
-from .data_sources import check_shippable, leave_out
+from .data_sources import check_shippable, leave_out, volume_file
 from .pairs import PairSource, sources_of
 from .sources_ct import CTDenoiseSource
 from .sources_motion import MotionSource
@@ -267,6 +268,10 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
                       seconds=state.elapsed_before, history=state.history)
     if sources is not None:
         card["training"]["sources"] = sources.citation(cfg.data.train_ids)
+    # so the bench knows these volumes under any file name (evaluation.runner.provenance)
+    card["training"]["volume_hashes"] = {
+        v: content_hash(str(volume_file(sources, cfg.data.data_root, v)[0]))
+        for v in dict.fromkeys(cfg.data.train_ids + cfg.data.val_ids)}
     if leave_out_group:
         card["training"]["left_out_group"] = leave_out_group
         card["training"]["command"] += f" --leave-out {leave_out_group}"
