@@ -13,7 +13,8 @@ import SimpleITK as sitk
 
 from MedSREnhanceLib import simulate as degrade
 from MedSREnhanceLib.engine import inference
-from MedSREnhanceLib.evaluation import baselines, bench, cache, cases, runner, scoring
+from MedSREnhanceLib.evaluation import baselines, bench, cases, runner, scoring
+from MedSREnhanceLib.core.io import content_hash
 from MedSREnhanceLib.core.resample import to_sitk
 from MedSREnhanceLib.core.volume import Volume
 
@@ -290,4 +291,4 @@ def test_a_training_volume_under_another_name_is_not_called_held_out(monkeypatch
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.nrrd"
     for path in (a, b):
         sitk.WriteImage(to_sitk(vol), str(path))
-    assert cache.content_hash(str(a)) == cache.content_hash(str(b))
+    assert content_hash(str(a)) == content_hash(str(b))

@@ -11,7 +11,7 @@ import torch
 
 from MedSREnhanceLib import simulate as degrade
 from MedSREnhanceLib.core import normalise
-from MedSREnhanceLib.evaluation import cache
+from MedSREnhanceLib.core.io import content_hash
 from MedSREnhanceLib.training import config, loop, losses, pairs, sources_ct, sources_mr
 from MedSREnhanceLib.core.volume import Volume
 from MedSREnhanceLib.models.registry import sha256_of
@@ -112,7 +112,7 @@ def test_two_step_training_writes_weights_and_card(tmp_path: Path, data_root: Pa
     # every training volume's content hash, so the bench knows it under any file name
     manifest = {e["id"]: e["file"] for e in json.loads((data_root / "MANIFEST.json").read_text())}
     assert card["training"]["volume_hashes"] == {
-        v: cache.content_hash(str(data_root / manifest[v])) for v in json.loads(ids) + ["mr_b"]}
+        v: content_hash(str(data_root / manifest[v])) for v in json.loads(ids) + ["mr_b"]}
     assert card["macs_per_output_voxel"] > 0 and card["halo"] > 0
     state = torch.load(weights, weights_only=True)
     net = losses.build_model(config.load_config(cfg).model)

@@ -4,7 +4,7 @@
 
 `medsr bench` marks a volume "held out" unless the card lists it; by id alone, a training volume passed as a plain
 file (the MNI template from nilearn's folder, say) would pass for held out. With ``training.volume_hashes`` (id ->
-``evaluation.cache.array_hash`` of the volume as read: voxels and geometry) the bench recognises it under any name.
+``core.io.content_hash`` of the volume as read: voxels and geometry) the bench recognises it under any name.
 Volumes not found in the given manifests are left out and named on stderr. `medsr train` records them itself;
 this fills in cards written before it did.
 """
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from MedSREnhanceLib.evaluation.cases import find_volumes  # noqa: E402
-from MedSREnhanceLib.evaluation.cache import content_hash  # noqa: E402
+from MedSREnhanceLib.core.io import content_hash  # noqa: E402
 from MedSREnhanceLib.models import registry  # noqa: E402
 
 

@@ -8,6 +8,8 @@ Conventions (the same as ITK/SimpleITK, LPS physical space):
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -118,3 +120,13 @@ def empty_like_resized(volume: Volume, scale: Scale) -> Volume:
     """A zero volume on the grid that ``resized_geometry`` defines."""
     size, spacing, origin = resized_geometry(volume, scale)
     return Volume(np.zeros(size[::-1], np.float32), spacing, origin, volume.direction.copy(), dict(volume.metadata))
+
+
+def array_hash(*vols: Volume) -> str:
+    """16 hex digits of sha256 over the voxels and geometry of ``vols`` (the bench's cache keys, the cards' volume
+    hashes)."""
+    h = hashlib.sha256()
+    for v in vols:
+        h.update(np.ascontiguousarray(v.array).tobytes())
+        h.update(json.dumps([v.spacing, v.origin, v.direction.ravel().tolist()]).encode())
+    return h.hexdigest()[:16]

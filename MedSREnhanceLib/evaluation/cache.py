@@ -1,7 +1,6 @@
 """Hash-checked reuse of degraded inputs and classical results between bench runs, and JSON-safe values."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -11,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.volume import Volume
+from ..core.volume import Volume, array_hash  # noqa: F401 - array_hash: the cache keys' volume hash
 
 
 def seed_for(seed: int, case: str, vol_id: str) -> np.random.Generator:
@@ -24,23 +23,6 @@ def source_hash(*modules: Any) -> str:
     for m in modules:
         h.update(Path(m.__file__).read_bytes())
     return h.hexdigest()[:16]
-
-
-def array_hash(*vols: Volume) -> str:
-    h = hashlib.sha256()
-    for v in vols:
-        h.update(np.ascontiguousarray(v.array).tobytes())
-        h.update(json.dumps([v.spacing, v.origin, v.direction.ravel().tolist()]).encode())
-    return h.hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=64)
-def content_hash(path: str) -> str:
-    """The hash model cards record for their training volumes (``training.volume_hashes``: voxels and geometry as
-    read), so the bench recognises a training volume under any file name."""
-    from ..core.io import read_volume
-
-    return array_hash(read_volume(path))
 
 
 def save_volumes(path: Path, vols: dict[str, Volume]) -> None:

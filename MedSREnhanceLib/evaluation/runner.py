@@ -12,7 +12,8 @@ from ..engine.enhance import SAME_GRID
 from ..models import registry
 from . import baselines
 from .baselines import classical_rows, fourier_zerofill, run_learned
-from .cache import content_hash, jsonable
+from ..core.io import content_hash
+from .cache import jsonable
 from .cases import BenchSettings, BenchVolume, Case, degraded_pair, parse_case
 from .report import learned_precision, markdown, plot_case, plot_trust
 from .scoring import Scorer, judge

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from ..evaluation.cache import content_hash
+from ..core.io import content_hash
 from ..models.registry import WEIGHTS_DIR
 from .adversarial import AdversarialObjective, build_objective
 from .cards import model_card, write_card
