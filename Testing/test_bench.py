@@ -179,6 +179,9 @@ def test_harness_writes_markdown_json_and_png(tmp_path: Path, monkeypatch: pytes
     assert hf["linear"] < hf["sinc"]
     dn = data["results"][1]
     assert {r["model"] for r in dn["rows"]} == {"input (degraded)", "gaussian", "anisotropic-diffusion", "nlmeans"}
+    # an MR denoising case says how noisy its own ground truth is (it caps what removing noise can score)
+    truth_noise = next(n for n in dn["notes"] if "noise of its own" in n)
+    assert truth_noise in md and not any("noise of its own" in n for n in sr["notes"])
     nlm = next(r for r in dn["rows"] if r["model"] == "nlmeans")
     assert "block" in nlm["tuning"] and len(nlm["tuning_trials"]) == 2
     ct = data["results"][2]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -10,7 +11,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..engine.adapt import available as adaptation_available
 from ..engine.enhance import SAME_GRID
 from ..models import registry
-from . import baselines
+from . import baselines, metrics
 from .baselines import classical_rows, fourier_zerofill, run_learned
 from ..core.io import content_hash
 from .cache import jsonable
@@ -60,6 +61,11 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
     inp, gt, notes, start, size = degraded_pair(case, bv, settings)
     logger.info("%s / %s: ground truth %s voxels, input %s voxels", case.name, bv.id, gt.size, inp.size)
     scorer = Scorer.for_reference(gt, case.modality)
+    if case.task == "denoise" and case.modality == "mr":  # a noisy truth caps what removing noise can score
+        sigma = metrics.noise_sigma(gt.array / scorer.mr_scale, scorer.mask)
+        notes = notes + [f"The ground truth carries about {100 * sigma:.1f} % noise of its own (in the data range): "
+                         f"a denoiser that removes all noise scores at most {-20 * math.log10(max(sigma, 1e-9)):.1f} dB "
+                         "fg PSNR against it (evaluation.metrics.noise_sigma)."]
     rows: list[dict[str, Any]] = []
 
     if case.task in SAME_GRID:  # the degraded input itself: what every method must improve on
