@@ -103,11 +103,11 @@ def test_motion_criterion_model_is_the_simulator_and_its_floor_is_the_ghosts_out
 
 
 def test_truth_noise_recovers_a_known_noise_level() -> None:
-    from MedSREnhanceLib.evaluation.metrics import noise_sigma
+    from MedSREnhanceLib.core.normalise import masked_noise_sigma
 
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, 40)] * 3, indexing="ij")
     smooth = np.exp(-(x ** 2 + y ** 2 + z ** 2)) + 0.3 * x  # anatomy-like smooth content cancels in the subband
     noisy = smooth + np.random.default_rng(0).normal(0.0, 0.03, smooth.shape)
     mask = np.ones(smooth.shape, bool)
-    assert abs(noise_sigma(noisy, mask) - 0.03) < 0.002
-    assert noise_sigma(smooth, mask) < 0.002
+    assert abs(masked_noise_sigma(noisy, mask) - 0.03) < 0.002
+    assert masked_noise_sigma(smooth, mask) < 0.002

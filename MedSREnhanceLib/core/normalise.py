@@ -79,6 +79,16 @@ def noise_sigma(array: np.ndarray) -> float:
     return _mad_sigma(detail[mean > 0.3 * float(np.percentile(positive, 99))])
 
 
+def masked_noise_sigma(array: np.ndarray, mask: np.ndarray) -> float:
+    """Noise std of ``array`` (its units): MAD of the finest 3D Haar detail over the 2x2x2 blocks whose first voxel
+    lies in ``mask`` (a scoring foreground, say); edges leaking into the detail bias it slightly upwards."""
+    if min(d - d % 2 for d in array.shape) == 0:
+        return 0.0
+    detail, _ = _haar_finest(array)
+    z, y, x = detail.shape
+    return _mad_sigma(detail[np.asarray(mask, bool)[0:2 * z:2, 0:2 * y:2, 0:2 * x:2]])
+
+
 # Soft tissue and fat (2x2x2 block means in HU): flat enough that the finest detail is mostly noise; lung, bone
 # and air edges are structure. Fewer blocks than this: every block inside the body (> -900 HU) is used instead.
 CT_TISSUE_HU = (-200.0, 300.0)

@@ -199,16 +199,3 @@ def score(pred: np.ndarray, ref: np.ndarray, modality: str, mask: np.ndarray,
             out[f"ssim_fg_{w.name}"] = ssim3d(p, r, 1.0, mask=mask)
         return out
     raise ValueError(f"modality must be 'mr' or 'ct', got {modality!r}")
-
-
-def noise_sigma(array: np.ndarray, mask: np.ndarray) -> float:
-    """Noise standard deviation of ``array`` (its units) from its finest 3D Haar subband over ``mask``: neighbour
-    differences along all three axes cancel smooth anatomy and keep white noise (MAD / 0.6745, robust to the
-    edges that leak in, which bias it slightly upwards)."""
-    b = np.asarray(array, np.float64)[tuple(slice(0, n - n % 2) for n in array.shape)]
-    for axis in range(3):
-        b = np.take(b, range(0, b.shape[axis], 2), axis) - np.take(b, range(1, b.shape[axis], 2), axis)
-    b /= np.sqrt(8.0)
-    m = np.asarray(mask, bool)[tuple(slice(0, n - n % 2, 2) for n in mask.shape)]
-    return float(np.median(np.abs(b[m])) / 0.6745) if m.any() else 0.0
-

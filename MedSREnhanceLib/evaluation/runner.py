@@ -11,9 +11,10 @@ from typing import Any, Callable, Optional, Sequence
 from ..engine.adapt import available as adaptation_available
 from ..engine.enhance import SAME_GRID
 from ..models import registry
-from . import baselines, metrics
+from . import baselines
 from .baselines import classical_rows, fourier_zerofill, run_learned
 from ..core.io import content_hash
+from ..core.normalise import masked_noise_sigma
 from .cache import jsonable
 from .cases import BenchSettings, BenchVolume, Case, degraded_pair, parse_case
 from .report import learned_precision, markdown, plot_case, plot_trust
@@ -62,10 +63,10 @@ def bench_one(case: Case, bv: BenchVolume, settings: BenchSettings, out_dir: Pat
     logger.info("%s / %s: ground truth %s voxels, input %s voxels", case.name, bv.id, gt.size, inp.size)
     scorer = Scorer.for_reference(gt, case.modality)
     if case.task == "denoise" and case.modality == "mr":  # a noisy truth caps what removing noise can score
-        sigma = metrics.noise_sigma(gt.array / scorer.mr_scale, scorer.mask)
+        sigma = masked_noise_sigma(gt.array / scorer.mr_scale, scorer.mask)
         notes = notes + [f"The ground truth carries about {100 * sigma:.1f} % noise of its own (in the data range): "
                          f"a denoiser that removes all noise scores at most {-20 * math.log10(max(sigma, 1e-9)):.1f} dB "
-                         "fg PSNR against it (evaluation.metrics.noise_sigma)."]
+                         "fg PSNR against it (core.normalise.masked_noise_sigma)."]
     rows: list[dict[str, Any]] = []
 
     if case.task in SAME_GRID:  # the degraded input itself: what every method must improve on
