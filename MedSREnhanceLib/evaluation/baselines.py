@@ -10,12 +10,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..core.volume import Scale, Volume
+from ..core.volume import Scale, Volume, array_hash
 from ..engine.enhance import SAME_GRID
 from ..models import registry
 from ..models.registry import ModelSpec
 from . import metrics
-from .cache import array_hash, jsonable, load_volumes, save_volumes, source_hash
+from .cache import jsonable, load_volumes, save_volumes, source_hash
 from .cases import BenchSettings, Case, central_block, crop_volume
 from .scoring import Scorer, objectives
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import zlib
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.volume import Volume, array_hash  # noqa: F401 - array_hash: the cache keys' volume hash
+from ..core.volume import Volume
 
 
 def seed_for(seed: int, case: str, vol_id: str) -> np.random.Generator:

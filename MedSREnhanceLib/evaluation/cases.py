@@ -12,9 +12,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .. import simulate
-from ..core.volume import Scale, Volume
+from ..core.volume import Scale, Volume, array_hash
 from . import metrics
-from .cache import array_hash, load_volumes, save_volumes, seed_for, source_hash
+from .cache import load_volumes, save_volumes, seed_for, source_hash
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
