@@ -111,3 +111,32 @@ def test_truth_noise_recovers_a_known_noise_level() -> None:
     mask = np.ones(smooth.shape, bool)
     assert abs(masked_noise_sigma(noisy, mask) - 0.03) < 0.002
     assert masked_noise_sigma(smooth, mask) < 0.002
+
+
+def test_motion_search_ghost_criterion_is_one_without_motion_and_low_at_the_true_poses() -> None:
+    """benchmarks/motion_search.py: its differentiable rotation is the simulator's; with no movement modelled the
+    criterion is 1 (the ghosts outside the head unexplained), at the simulator's segments and poses far lower."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import motion_search as ms
+
+    from MedSREnhanceLib.core.volume import Volume
+    from MedSREnhanceLib.simulate.motion import _rotation, poses_relative_to_centre, rigid_motion
+
+    angles = [1.5, -2.0, 3.0]
+    np.testing.assert_allclose(ms.rotation(torch.tensor(angles)).numpy(), _rotation(angles), atol=1e-6)
+    zz, yy, xx = np.mgrid[:24, :40, :26] - np.array([11.5, 19.5, 12.5])[:, None, None, None]
+    head = ((zz / 7) ** 2 + (yy / 9) ** 2 + (xx / 8) ** 2 < 1) * (1.0 + 0.5 * np.sin(yy / 2.0) * np.cos(xx / 3.0))
+    vol = Volume(head.astype(np.float32), spacing=(1.0, 1.0, 1.2))
+    events = [{"time": 0.3, "rotation_deg": [0, 0, 3.0], "translation_mm": [1.5, 0, 0]},
+              {"time": 0.75, "rotation_deg": [2.0, 0, 0], "translation_mm": [0, -1.0, 0.5]}]
+    y = rigid_motion(vol, 1, events).array
+    poses, starts = poses_relative_to_centre(events, y.shape[1])
+    crit = ms.GhostCriterion(y, np.asarray(vol.spacing), 1, y.shape[1])
+    segments = [(s, starts[i + 1] if i + 1 < len(starts) else 1.01, i) for i, s in enumerate(starts)]
+    truth = torch.tensor(np.stack([ms.as_params(q) for q in poses]), dtype=torch.float32)
+    r_none = float(crit(segments, torch.zeros_like(truth)))
+    r_true = float(crit(segments, truth))
+    assert abs(r_none - 1.0) < 1e-4
+    assert r_true < 0.5 * r_none, (r_true, r_none)
