@@ -33,7 +33,7 @@ the true segments and poses). The half-resolution stage is what fails: 2x2x2 mea
 the acquisition at half resolution, and there the criterion prefers the wrong segments (mr_gd: R 0.235 for the
 segments found after 80 Adam steps, 0.345 for the true segments fitted as long, 0.361 at the true poses). Brief
 fits mis-rank even at full resolution (15 Adam steps from no motion: 0.398 for those segments, 0.425 for the grid
-segments nearest the truth, which reaches 0.250 fitted to convergence): every candidate needs a converged fit at
+segments nearest the truth; 0.250 at the true poses): every candidate needs a fit to convergence at
 full resolution (~30 L-BFGS evaluations of ~1.5-2.4 s each on 2 threads for mr_gd here), about an hour per volume
 for this grid on a CPU. chris_t1's outer movement (0.32 of the scan from the centre) is beyond half resolution. Inverting with
 the wrong poses loses ~5 dB, and R does not guard against it. Not a corrector yet.
