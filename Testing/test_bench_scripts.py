@@ -140,3 +140,11 @@ def test_motion_search_ghost_criterion_is_one_without_motion_and_low_at_the_true
     r_true = float(crit(segments, truth))
     assert abs(r_none - 1.0) < 1e-4
     assert r_true < 0.5 * r_none, (r_true, r_none)
+    # the inversion from segments (identity between them) is the known-pose inversion of the same schedule
+    from motion_known_pose import invert, plane_weights
+
+    half = np.asarray(vol.spacing) * np.asarray(y.shape[::-1]) / 2.0
+    reference = invert(y, poses, plane_weights(y.shape, 1, starts), half, 5)
+    moved_only = [segments[0], segments[2]]
+    np.testing.assert_allclose(ms.invert_segments(y, np.asarray(vol.spacing), 1, moved_only, truth.numpy()),
+                               reference, atol=1e-6)

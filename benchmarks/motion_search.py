@@ -54,7 +54,7 @@ from scipy.spatial.transform import Rotation
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from motion_known_pose import corrupt_like_bench, invert, motion_case
+from motion_known_pose import corrupt_like_bench, invert, motion_case, plane_weights
 
 from MedSREnhanceLib import read_volume
 from MedSREnhanceLib.evaluation.cases import (
@@ -185,18 +185,16 @@ def half_resolution(a: np.ndarray) -> np.ndarray:
 
 def invert_segments(y: np.ndarray, spacing: np.ndarray, pe_axis: int, segments: list[Segment],
                     params: np.ndarray) -> np.ndarray:
-    """The acquisition inverted with these poses (motion_known_pose.invert, Hermitian plane weights)."""
-    n = y.shape[2 - pe_axis]
-    times = (np.fft.fftfreq(n) * n + n // 2 + 0.5) / n
-    state = np.zeros(n, int)
-    for t0, t1, row in segments:
-        state[(times >= t0) & (times < t1)] = row + 1
-    poses = [np.eye(4)] + [_pose({"rotation_deg": p[:3].tolist(), "translation_mm": p[3:].tolist()}) for p in params]
-    mirrored = state[(-np.arange(n)) % n]
-    view = [1, 1, 1]
-    view[2 - pe_axis] = n
-    weights = {int(s): torch.from_numpy((0.5 * (state == s) + 0.5 * (mirrored == s)).astype(np.float32).reshape(view))
-               for s in np.unique(np.concatenate([state, mirrored]))}
+    """The acquisition inverted with these poses (motion_known_pose.invert and plane_weights: each plane the mean
+    of its own and its mirrored plane's pose), identity outside the segments."""
+    starts = sorted({0.0} | {t for seg in segments for t in seg[:2] if t < 1.0})
+    poses = []
+    for i, t in enumerate(starts):
+        middle = (t + (starts[i + 1] if i + 1 < len(starts) else 1.0)) / 2.0
+        row = next((r for t0, t1, r in segments if t0 <= middle < t1), None)
+        poses.append(np.eye(4) if row is None else
+                     _pose({"rotation_deg": params[row, :3].tolist(), "translation_mm": params[row, 3:].tolist()}))
+    weights = plane_weights(y.shape, pe_axis, starts)
     return invert(y, poses, weights, spacing * np.asarray(y.shape[::-1]) / 2.0, 5)
 
 
