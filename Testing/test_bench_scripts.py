@@ -70,6 +70,22 @@ def test_loso_table_gives_both_ct_windows(tmp_path: Path) -> None:
     assert row[2:] == ["cerr-hn", "+3.00 / +3.20", "+2.50 / +3.40", "-0.50 / +0.20"]
 
 
+def _moving_phantom(n_j: int) -> tuple:
+    """An ellipsoid 'head' with texture (24 x n_j x 26, phase encoding along j) moved twice during its scan: the
+    volume, the corrupted magnitude image, and the poses relative to the centre line with their start times."""
+    from MedSREnhanceLib.core.volume import Volume
+    from MedSREnhanceLib.simulate.motion import poses_relative_to_centre, rigid_motion
+
+    zz, yy, xx = np.mgrid[:24, :n_j, :26] - np.array([11.5, (n_j - 1) / 2, 12.5])[:, None, None, None]
+    head = ((zz / 7) ** 2 + (yy / 9) ** 2 + (xx / 8) ** 2 < 1) * (1.0 + 0.5 * np.sin(yy / 2.0) * np.cos(xx / 3.0))
+    vol = Volume(head.astype(np.float32), spacing=(1.0, 1.0, 1.2))
+    events = [{"time": 0.3, "rotation_deg": [0, 0, 3.0], "translation_mm": [1.5, 0, 0]},
+              {"time": 0.75, "rotation_deg": [2.0, 0, 0], "translation_mm": [0, -1.0, 0.5]}]
+    y = rigid_motion(vol, 1, events).array
+    poses, starts = poses_relative_to_centre(events, n_j)
+    return vol, y, poses, starts
+
+
 def test_motion_criterion_model_is_the_simulator_and_its_floor_is_the_ghosts_outside_the_head() -> None:
     """benchmarks/motion_criterion.py: with the simulator's poses its acquisition reproduces the corrupted magnitude
     image from the ground truth; with no correction the criterion is the energy the corrupted image has outside the
@@ -80,16 +96,7 @@ def test_motion_criterion_model_is_the_simulator_and_its_floor_is_the_ghosts_out
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import motion_criterion as mc
 
-    from MedSREnhanceLib.core.volume import Volume
-    from MedSREnhanceLib.simulate.motion import poses_relative_to_centre, rigid_motion
-
-    zz, yy, xx = np.mgrid[:24, :28, :26] - np.array([11.5, 13.5, 12.5])[:, None, None, None]
-    head = ((zz / 7) ** 2 + (yy / 9) ** 2 + (xx / 8) ** 2 < 1) * (1.0 + 0.5 * np.sin(yy / 2.0) * np.cos(xx / 3.0))
-    vol = Volume(head.astype(np.float32), spacing=(1.0, 1.0, 1.2))
-    events = [{"time": 0.3, "rotation_deg": [0, 0, 3.0], "translation_mm": [1.5, 0, 0]},
-              {"time": 0.75, "rotation_deg": [2.0, 0, 0], "translation_mm": [0, -1.0, 0.5]}]
-    y = rigid_motion(vol, 1, events).array
-    poses, starts = poses_relative_to_centre(events, vol.array.shape[1])
+    vol, y, poses, starts = _moving_phantom(28)
     half = np.asarray(vol.spacing) * np.asarray(vol.array.shape[::-1]) / 2.0
     truth = mc.Acquisition(vol.array.shape, 1, starts, poses, half)
     again = truth.forward(torch.from_numpy(vol.array)).abs().numpy()
@@ -121,20 +128,13 @@ def test_motion_search_ghost_criterion_is_one_without_motion_and_low_at_the_true
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import motion_search as ms
 
-    from MedSREnhanceLib.core.volume import Volume
-    from MedSREnhanceLib.simulate.motion import _rotation, poses_relative_to_centre, rigid_motion
+    from MedSREnhanceLib.simulate.motion import _rotation
 
     angles = [1.5, -2.0, 3.0]
     np.testing.assert_allclose(ms.rotation(torch.tensor(angles)).numpy(), _rotation(angles), atol=1e-6)
-    zz, yy, xx = np.mgrid[:24, :40, :26] - np.array([11.5, 19.5, 12.5])[:, None, None, None]
-    head = ((zz / 7) ** 2 + (yy / 9) ** 2 + (xx / 8) ** 2 < 1) * (1.0 + 0.5 * np.sin(yy / 2.0) * np.cos(xx / 3.0))
-    vol = Volume(head.astype(np.float32), spacing=(1.0, 1.0, 1.2))
-    events = [{"time": 0.3, "rotation_deg": [0, 0, 3.0], "translation_mm": [1.5, 0, 0]},
-              {"time": 0.75, "rotation_deg": [2.0, 0, 0], "translation_mm": [0, -1.0, 0.5]}]
-    y = rigid_motion(vol, 1, events).array
-    poses, starts = poses_relative_to_centre(events, y.shape[1])
+    vol, y, poses, starts = _moving_phantom(40)
     crit = ms.GhostCriterion(y, np.asarray(vol.spacing), 1, y.shape[1])
-    segments = [(s, starts[i + 1] if i + 1 < len(starts) else 1.01, i) for i, s in enumerate(starts)]
+    segments = ms.schedule_segments(starts)
     truth = torch.tensor(np.stack([ms.as_params(q) for q in poses]), dtype=torch.float32)
     r_none = float(crit(segments, torch.zeros_like(truth)))
     r_true = float(crit(segments, truth))

@@ -191,6 +191,11 @@ def search_segments(crit: GhostCriterion, distances: list[float], steps: int, ke
     return best
 
 
+def schedule_segments(starts: list[float]) -> list[Segment]:
+    """A simulator schedule (pose i from starts[i] to the next start) as segments, row i for pose i."""
+    return [(t, starts[i + 1] if i + 1 < len(starts) else 1.01, i) for i, t in enumerate(starts)]
+
+
 def half_resolution(a: np.ndarray) -> np.ndarray:
     s = [n // 2 * 2 for n in a.shape]
     a = a[:s[0], :s[1], :s[2]]
@@ -236,7 +241,7 @@ def main() -> int:
         start, size = crop_box(full, case, args.crop, foreground_mask(full.array, "mr", smooth_sigma=2.0))
         corrupted, pe_axis, _, poses, starts, _ = corrupt_like_bench(full, case, bv.id)
         y, spacing = corrupted.array, np.asarray(full.spacing, float)
-        true_segments = [(s, starts[i + 1] if i + 1 < len(starts) else 1.01, i) for i, s in enumerate(starts)]
+        true_segments = schedule_segments(starts)
         true_params = torch.tensor(np.stack([as_params(q) for q in poses]), dtype=torch.float32)
         t0 = time.perf_counter()
         if args.true_times:
