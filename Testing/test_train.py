@@ -484,3 +484,25 @@ def test_adversarial_fine_tune_trains_checkpoints_and_resumes(tmp_path: Path, da
     ckpt = torch.load(tmp_path / "runs" / "tiny-sr" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 3 and ckpt["adversarial"]["steps"] == 3  # the discriminator resumed, not restarted
     assert json.loads(weights.with_suffix(".json").read_text())["training"]["feature_net_pretext_loss"] == []
+
+
+def test_grown_net_starts_as_the_trained_one(tmp_path: Path, data_root: Path) -> None:
+    from MedSREnhanceLib.models.srnet import SRNet
+
+    torch.manual_seed(0)
+    small = SRNet(scale=2, channels=4, blocks=1).eval()
+    for p in small.parameters():  # a trained-looking net: the zero-initialised tail would hide a broken transfer
+        torch.nn.init.normal_(p, std=0.1)
+    torch.save(small.state_dict(), tmp_path / "small.pt")
+    cfg = _write_config(tmp_path, data_root, "sr", SR_MODEL.replace("blocks = 1", "blocks = 3"), '["mr_a"]', "scale = 2")
+    grow = (f'init_from = "{tmp_path / "small.pt"}"\ninit_strict = false\n'
+            'init_zero = ["body.1.conv2", "body.2.conv2"]\n')
+    cfg.write_text(cfg.read_text().replace("[data]", grow + "\n[data]"))
+    grown = loop.build_initial_model(config.load_config(cfg)).eval()
+    x = torch.rand(1, 1, 6, 7, 5)
+    with torch.no_grad():
+        assert torch.allclose(grown(x), small(x), atol=1e-6)
+        assert grown.body[1].conv1.weight.abs().sum() > 0  # new blocks: only their last conv starts at zero
+    cfg.write_text(cfg.read_text().replace('"body.1.conv2", "body.2.conv2"', '"body.7.conv2"'))
+    with pytest.raises(ValueError, match="init_zero"):
+        loop.build_initial_model(config.load_config(cfg))

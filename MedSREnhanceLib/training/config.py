@@ -22,6 +22,9 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the typed constructor (typos fail there)
     init_from: str = ""  # optional state_dict to start from (fine-tuning), relative to the repo root
     init_strict: bool = True  # False: copy only tensors whose names and shapes match (body transfer)
+    # parameters (name prefixes) set to zero after loading: the last conv of residual blocks added to a trained
+    # net, so the deeper net starts as the trained one (its new branches add nothing) and training only adds
+    init_zero: list[str] = field(default_factory=list)
 
 
 @dataclass
