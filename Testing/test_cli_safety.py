@@ -187,8 +187,12 @@ def test_outliers_clipped_for_the_network_and_reported() -> None:
 
 
 def test_tile_below_twice_the_halo_raises_in_python() -> None:
+    from MedSREnhanceLib.models import registry
+    from MedSREnhanceLib.models.srnet import SRNet
+
+    halo = SRNet(**registry.get("mr-sr-x2").kwargs).halo  # 15 LR voxels for the 6-block net
     vol = make_volume(shape_zyx=(12, 12, 12))
-    with pytest.raises(InputError, match="at least 18"):
+    with pytest.raises(InputError, match=f"at least {2 * halo} "):
         enhance(vol, scale=2, model="mr-sr-x2", modality="mr", tile=8)
 
 

@@ -76,14 +76,15 @@ CLASSICAL: tuple[ModelSpec, ...] = (
               method="nlmeans", params={"h_factor": 0.8, "patch_size": 3, "patch_distance": 4}),
 )
 
-def _mr_sr(scale: int, sha256: str, default_ensemble: int | None = None, gan: bool = False) -> ModelSpec:
+def _mr_sr(scale: int, sha256: str, default_ensemble: int | None = None, gan: bool = False,
+           blocks: int = 3) -> ModelSpec:
     """The isotropic MR SR models differ only in their factor (one net per scale, same architecture); a GAN
     variant has the same net, other weights, and is used only when asked for by name."""
     name = f"mr-sr-x{scale}" + ("-gan" if gan else "")
     summary = f"MR isotropic super-resolution x{scale} (3D EDSR-style net on the LR grid, pixel shuffle)" + (
         ", GAN fine-tune: sharper texture that may be invented (see its card); never picked by auto" if gan else "")
     return ModelSpec(name, "sr", "learned", ("mr",), summary, arch="srnet", builder="SRNet",
-                     kwargs={"scale": scale, "channels": 32, "blocks": 3, "spatial_dims": 3, "ensemble": 8},
+                     kwargs={"scale": scale, "channels": 32, "blocks": blocks, "spatial_dims": 3, "ensemble": 8},
                      weights=f"{name}.pt", sha256=sha256, card=f"{name}.json", normalisation="mr", auto=not gan,
                      scale_mode="isotropic", scales=(float(scale),), acquisition="kspace",
                      # On whole held-out volumes the projection gained +0.21..+0.35 (x2), +0.14..+0.27 (x3) and
@@ -118,7 +119,9 @@ LEARNED: tuple[ModelSpec, ...] = (
     # 2 of 8 flips: 4x fewer passes for 0.04-0.07 dB (held-out SR x2 bench: +1.24..+1.85 dB over tuned sinc with 2,
     # +1.28..+1.91 with 8; benchmarks/results/ensemble). The denoisers use 2 too (below); x3 and x4 keep 8 (their
     # 8 passes cost fewer MACs per output voxel than x2's 2: benchmarks/README_models.md).
-    _mr_sr(2, "02b205b1cc858c70470a959f919fd316bb541d4d7eb900f3b596515477be7494", default_ensemble=2),
+    # 6 residual blocks since stage 4 (configs/mr-sr-x2-deep.toml, the 3-block stage-3 net grown): +0.08..+0.34 dB
+    # over stage 3 on every bench volume for 1.8x the MACs, 1.5-1.7x the time (benchmarks/results/sr-x2-deep)
+    _mr_sr(2, "4045d9ba11cfd6915874c82f8d50b2a9a62690401e35d1d6a24188c2ac326b79", default_ensemble=2, blocks=6),
     # GAN fine-tune of the x2 net (configs/mr-sr-x2-gan.toml): its HF ratio is closer to the truth's than mr-sr-x2's
     # on all nine bench volumes for -0.26..+0.05 dB fg PSNR (benchmarks/results/sr-x2-gan); all 8 flips, as measured
     _mr_sr(2, "96e475bc1a2d263226c71d99b6668af4858cc6937e668977b3cee4d0b3d628a0", gan=True),
