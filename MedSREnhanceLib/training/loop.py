@@ -77,13 +77,12 @@ def build_initial_model(cfg: Config) -> torch.nn.Module:
             model.load_state_dict(kept, strict=False)
             logger.info("initialised %d/%d tensors from %s", len(kept), len(own), cfg.model.init_from)
     if cfg.model.init_zero:
-        zeroed = [name for name, p in model.named_parameters() if name.startswith(tuple(cfg.model.init_zero))]
+        zeroed = [p for name, p in model.named_parameters() if name.startswith(tuple(cfg.model.init_zero))]
         if not zeroed:
             raise ValueError(f"init_zero {cfg.model.init_zero} matches no parameter of {cfg.model.arch}")
         with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in zeroed:
-                    p.zero_()
+            for p in zeroed:
+                p.zero_()
         logger.info("zeroed %d parameters (%s)", len(zeroed), ", ".join(cfg.model.init_zero))
     return model
 
