@@ -111,12 +111,18 @@ def corrupt_like_bench(full: Volume, case: Case, volume_id: str
     return moved, pe_axis, events, poses, starts, half_extent
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def volume_parser(description: str) -> argparse.ArgumentParser:
+    """The command line both motion scripts start from: the volumes, the bench motion case, the crop."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("inputs", nargs="+", help="MANIFEST.json files or volume folders")
     parser.add_argument("--ids", required=True, help="comma-separated volume ids")
     parser.add_argument("--case", default="mr-motion-4", help="a bench motion case, mr-motion-<degrees and mm>")
     parser.add_argument("--crop", type=int, default=112)
+    return parser
+
+
+def main() -> int:
+    parser = volume_parser(__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

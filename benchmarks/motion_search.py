@@ -54,7 +54,6 @@ pose from the inner one helped in a scratch run) or a global search, before the 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -68,7 +67,7 @@ from scipy.spatial.transform import Rotation
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from motion_known_pose import corrupt_like_bench, invert, motion_case, plane_weights
+from motion_known_pose import corrupt_like_bench, invert, motion_case, plane_weights, volume_parser
 
 from MedSREnhanceLib import read_volume
 from MedSREnhanceLib.evaluation.cases import (
@@ -218,11 +217,7 @@ def invert_segments(y: np.ndarray, spacing: np.ndarray, pe_axis: int, segments: 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+", help="MANIFEST.json files or volume folders")
-    parser.add_argument("--ids", required=True, help="comma-separated volume ids")
-    parser.add_argument("--case", default="mr-motion-4", help="a bench motion case, mr-motion-<degrees and mm>")
-    parser.add_argument("--crop", type=int, default=112)
+    parser = volume_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="Adam steps per candidate at half resolution")
     parser.add_argument("--evaluations", type=int, default=30, help="L-BFGS evaluations at full resolution")
     parser.add_argument("--threads", type=int, default=2)
