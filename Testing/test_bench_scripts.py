@@ -1,6 +1,7 @@
 """benchmarks/bench_models.py and benchmarks/bench_enhance.py run end to end and print their tables."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,53 @@ def test_motion_search_ghost_criterion_is_one_without_motion_and_low_at_the_true
     moved_only = [segments[0], segments[2]]
     np.testing.assert_allclose(ms.invert_segments(y, np.asarray(vol.spacing), 1, moved_only, truth.numpy()),
                                reference, atol=1e-6)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_fetched_volumes_rebuilds_from_a_clone_at_the_commit_and_checks_the_card_hash(tmp_path: Path) -> None:
+    """benchmarks/fetched_volumes.py reads each source at its commit (a later commit changing the file does not
+    matter), writes ID.nii.gz and MANIFEST.json, exits 1 when a card records another hash, and refuses an LFS
+    pointer instead of converting it."""
+    import SimpleITK as sitk
+    from MedSREnhanceLib.core.io import content_hash
+
+    repo = tmp_path / "clones" / "someone+vols" / "repo"
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q")
+    img = sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6))
+    img.SetSpacing((0.5, 0.7, 2.0))
+    sitk.WriteImage(img, str(repo / "t1.nii.gz"))
+    (repo / "big.nii.gz").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "vols")
+    commit = _git(repo, "rev-parse", "HEAD")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2, 2), np.int16)), str(repo / "t1.nii.gz"))
+    _git(repo, "commit", "-q", "-am", "later change")
+    sources = tmp_path / "sources.toml"
+    sources.write_text("".join(
+        f'[volumes.{vid}]\nroot = "fetched"\ngroup = "g"\nmodality = "MR"\nsource = "someone/vols@{commit[:10]}:{f}"\n'
+        f'licence = "MIT"\nweights_ok = "yes"\n\n' for vid, f in (("vol_a", "t1.nii.gz"), ("vol_b", "big.nii.gz"))))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    out = tmp_path / "extra"
+
+    def run(ids: str, recorded: str) -> subprocess.CompletedProcess:
+        (weights / "m.json").write_text('{"training": {"volume_hashes": {"vol_a": "%s"}}}' % recorded)
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fetched_volumes.py"), "--mirror",
+                               str(tmp_path / "clones"), "--out", str(out), "--sources", str(sources),
+                               "--weights-dir", str(weights), "--ids", ids], capture_output=True, text=True)
+
+    proc = run("vol_a", "0" * 16)
+    assert proc.returncode == 1 and "MISMATCH" in proc.stdout
+    written = out / "vol_a.nii.gz"
+    got = sitk.ReadImage(str(written))
+    assert sitk.GetArrayFromImage(got).shape == (4, 5, 6) and np.allclose(got.GetSpacing(), (0.5, 0.7, 2.0))
+    proc = run("vol_a", content_hash(str(written)))
+    assert proc.returncode == 0 and "matches the cards" in proc.stdout, proc.stdout + proc.stderr
+    assert [e["id"] for e in json.loads((out / "MANIFEST.json").read_text())] == ["vol_a"]
+    proc = run("vol_b", "0" * 16)
+    assert proc.returncode == 1 and "git-LFS pointer" in proc.stderr and not (out / "vol_b.nii.gz").exists()
