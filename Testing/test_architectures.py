@@ -163,6 +163,19 @@ def test_throughplane_fuses_two_orientations() -> None:
     assert net2(torch.rand(3, 1, 11, 8)).shape == (3, 1, 11, 8)
 
 
+def test_throughplane_refine_stage_starts_as_the_trained_net_and_doubles_the_reach() -> None:
+    """A refine stage added to a trained net (its weights loaded non-strictly) leaves the output unchanged until
+    trained; trained, it reaches ``halo`` = 2 x the sum of dilations and no farther."""
+    trained = _randomise(ThroughPlaneNet(channels=4, dilations=(1, 2, 1), spatial_dims=2))
+    grown = ThroughPlaneNet(channels=4, dilations=(1, 2, 1), spatial_dims=2, refine=1).eval()
+    missing = grown.load_state_dict(trained.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("net2d.refine.0.") for k in missing)
+    x = torch.rand(2, 1, 23, 19)
+    with torch.no_grad():
+        assert torch.equal(grown(x), trained(x))
+    assert grown.halo == 2 * trained.halo == 8
+    _receptive_radius_ok(_randomise(grown), (29, 27), 1)
+
 def test_srnet_self_ensemble_is_flip_equivariant_and_keeps_the_halo() -> None:
     net = _randomise(SRNet(scale=2, channels=3, blocks=1, spatial_dims=3, ensemble=8))
     x = torch.rand(1, 1, 7, 8, 9)
