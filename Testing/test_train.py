@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -506,3 +507,18 @@ def test_grown_net_starts_as_the_trained_one(tmp_path: Path, data_root: Path) ->
     cfg.write_text(cfg.read_text().replace('"body.1.conv2", "body.2.conv2"', '"body.7.conv2"'))
     with pytest.raises(ValueError, match="init_zero"):
         loop.build_initial_model(config.load_config(cfg))
+
+
+def test_card_config_names_folders_beside_the_repository_relative_to_it(tmp_path: Path) -> None:
+    """The resolved config in a card: folders next to the repository relative to its root, as configs write them
+    (no machine's absolute path); a folder elsewhere stays absolute."""
+    from MedSREnhanceLib.training.cards import portable_config
+    from MedSREnhanceLib.training.config import REPO_ROOT, load_config
+
+    cfg = load_config(REPO_ROOT / "configs" / "mr-throughplane.toml")
+    assert Path(cfg.data.data_root).is_absolute()  # resolved when loaded
+    cfg.train.out_dir = str(tmp_path)
+    config = portable_config(cfg)
+    assert config["data"]["data_root"] == "../shared/data" and config["train"]["run_dir"] == "../runs"
+    assert config["train"]["out_dir"] == (str(tmp_path) if not tmp_path.is_relative_to(REPO_ROOT.parent)
+                                          else os.path.relpath(tmp_path, REPO_ROOT))

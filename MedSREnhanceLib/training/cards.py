@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import Config, normalisation_of
+from .config import REPO_ROOT, Config, normalisation_of
 
 
 def macs_per_output_voxel(model: torch.nn.Module, spatial_dims: int, size: int = 24) -> float:
@@ -31,6 +32,18 @@ def macs_per_output_voxel(model: torch.nn.Module, spatial_dims: int, size: int =
     for h in handles:
         h.remove()
     return total[0] / y[0, 0].numel()
+
+
+def portable_config(cfg: Config) -> dict[str, Any]:
+    """The resolved config as a dict, its folders (resolved to absolute paths when loaded) written back relative
+    to the repository root where they lie beside it ("../shared/data", as the configs write them): a card must
+    not name one machine's folders. A folder elsewhere (a temporary one) stays absolute."""
+    config = dataclasses.asdict(cfg)
+    for section, key in (("data", "data_root"), ("data", "cache_dir"), ("train", "run_dir"), ("train", "out_dir")):
+        path = config[section][key]
+        if path and Path(path).is_absolute() and Path(path).is_relative_to(REPO_ROOT.parent):
+            config[section][key] = os.path.relpath(path, REPO_ROOT)
+    return config
 
 
 # data.task -> what the card says the model serves (task, modality, scale mode)
@@ -79,7 +92,7 @@ def model_card(cfg: Config, model: torch.nn.Module, weights_path: Path, config_p
             "history": history,
             "command": f"medsr train {config_path}",
         },
-        "config": dataclasses.asdict(cfg),
+        "config": portable_config(cfg),
     }
 
 
