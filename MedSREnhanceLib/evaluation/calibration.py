@@ -6,7 +6,7 @@ of spread / gradient / noise are chosen for the mean Spearman rank correlation o
 far their calibration ratios spread (one scale must fit every volume), then the scale so that the geometric mean
 over the volumes of median |error| / median uncertainty is 1. Usage (development volumes only, never the held-out bench ones):
 
-    python -m MedSREnhanceLib.evaluation.calibration /work/shared/data/MANIFEST.json --model mr-sr-x2 \\
+    python -m MedSREnhanceLib.evaluation.calibration ../shared/data/MANIFEST.json --model mr-sr-x2 \\
         --case mr-sr-x2 --ids stroke_t1,stroke_flair,mr_gd --crop 96 --write
 """
 from __future__ import annotations
