@@ -94,11 +94,13 @@ def _mr_sr(scale: int, sha256: str, default_ensemble: int | None = None, gan: bo
                      default_ensemble=default_ensemble)
 
 
-def _throughplane(modality: str, summary: str, sha256: str) -> ModelSpec:
-    """The through-plane models share one architecture; MR is normalised by its robust maximum, CT in HU."""
+def _throughplane(modality: str, summary: str, sha256: str, refine: int = 0) -> ModelSpec:
+    """The through-plane models share one architecture (``refine``: correcting stacks after the first); MR is
+    normalised by its robust maximum, CT in HU."""
     return ModelSpec(f"{modality}-throughplane", "sr", "learned", (modality,), summary,
                      arch="throughplane", builder="ThroughPlaneNet",
-                     kwargs={"channels": 32, "dilations": (1, 1, 1, 1, 1, 1, 1), "spatial_dims": 3},
+                     kwargs={"channels": 32, "dilations": (1, 1, 1, 1, 1, 1, 1), "spatial_dims": 3,
+                             **({"refine": refine} if refine else {})},
                      weights=f"{modality}-throughplane.pt", sha256=sha256, card=f"{modality}-throughplane.json",
                      normalisation=modality, scale_mode="axis", scale_min=2.0, scale_max=6.0, acquisition="gaussian")
 
@@ -129,8 +131,10 @@ LEARNED: tuple[ModelSpec, ...] = (
     # x4 projects too since the k-space model is chosen per volume: +0.02..+0.21 dB on every crop (chris_t1 +0.57
     # over sinc; the periodic model alone had taken it to +0.32; benchmarks/results/sr-x4-consistency)
     _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd"),
+    # stage 3: a second stack corrects the first (configs/mr-throughplane-deep.toml): +0.03..+0.16 dB on every
+    # held-out x4 volume over stage 2, spm_single_subj_t1 over the 0.5 dB bar (benchmarks/results/throughplane-deep)
     _throughplane("mr", "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
-                  "291c01e51d7730e55d4368adb31ad01e7b31bbf82641af6498cd35a198de513a"),
+                  "5673ac60febba59658518f514e09eed5f79a2bc03443de90aa324d64f3fc60d0", refine=1),
     # trained on the in-plane planes of the HU volumes with weights_ok (configs/ct-throughplane.toml)
     _throughplane("ct", "CT through-plane super-resolution in HU, slice ratio 2-6 (2D net on both slice "
                         "orientations)", "53e68e7b6ed67c054a4019ee18954af5467e58c604466073654fac39c715c04d"),
