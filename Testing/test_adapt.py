@@ -9,6 +9,7 @@ the output on the plain run's grid, Cancel during adaptation, and a one-line ref
 """
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -94,15 +95,38 @@ def test_enhance_adapts_a_copy_and_keeps_the_plain_grid() -> None:
 
 def test_adaptation_that_loses_keeps_the_bundled_weights(monkeypatch) -> None:
     """A learning rate that wrecks the net: no step beats the bundled weights on the held-out slices."""
-    monkeypatch.setattr(adaptation, "LEARNING_RATE", 1.0)
     monkeypatch.setattr(adaptation, "VAL_EVERY", 0.01)
     vol = thick(phantom((48, 48, 48), (1.0, 1.0, 1.0), seed=3), 4.0)
     net = _load_network("mr-throughplane")
-    spec = registry.get("mr-throughplane")
+    spec = dataclasses.replace(registry.get("mr-throughplane"), adapt_lr=1.0)
     out, info = adaptation.adapt(net, spec, vol.array / 300.0, vol, (1.0, 1.0, 4.0), 2.0, torch.device("cpu"),
                                  lambda spent, message: None)
     assert info.steps >= 1 and not info.kept and out is net
     assert "not kept" in info.summary()
+
+
+@pytest.mark.parametrize("model, rate", [("mr-throughplane", 3e-4), ("ct-throughplane", adaptation.LEARNING_RATE),
+                                         ("mr-sr-x2", adaptation.LEARNING_RATE)])
+def test_adaptation_runs_at_the_rate_the_model_names(monkeypatch, model, rate) -> None:
+    """Each model adapts at its own bench-chosen rate (ModelSpec.adapt_lr), the engine's default where it names
+    none."""
+    rates: list[float] = []
+
+    class Spy(torch.optim.Adam):
+        def __init__(self, params, lr):  # type: ignore[no-untyped-def]
+            rates.append(lr)
+            super().__init__(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim, "Adam", Spy)
+    spec = registry.get(model)
+    assert spec.adapt_lr == (None if rate == adaptation.LEARNING_RATE else rate)
+    vol = phantom((32, 32, 32), (1.0, 1.0, 1.0), seed=5)
+    scale = (1.0, 1.0, 4.0) if spec.scale_mode == "axis" else (2.0, 2.0, 2.0)
+    if spec.scale_mode == "axis":
+        vol = thick(vol, 4.0)
+    adaptation.adapt(_load_network(model), spec, vol.array / 300.0, vol, scale, 0.5, torch.device("cpu"),
+                     lambda spent, message: None)
+    assert rates == [rate]
 
 
 def test_cancel_during_adaptation() -> None:

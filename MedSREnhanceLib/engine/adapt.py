@@ -12,8 +12,9 @@ A tenth of the volume (the last slices along the slowest array axis) is held out
 loss before adaptation and at intervals, and the weights with the lowest one are kept. When no step beats the
 bundled weights, the bundled weights run (``Adaptation.kept`` False): adaptation can cost time, not quality, as
 far as its own loss can tell.
-Training is fp32 on the inference device (small nets; no autocast to tune), Adam at 1e-4 (a fifth of the
-bundled trainings' rate: the weights start where they are good), L1 loss.
+Training is fp32 on the inference device (small nets; no autocast to tune), L1 loss, Adam at the model's
+``adapt_lr``, chosen per model on the adapt bench (default 1e-4, a fifth of the bundled trainings' rate: the
+weights start where they are good).
 """
 from __future__ import annotations
 
@@ -39,9 +40,9 @@ VAL_FRACTION = 0.1  # of the slowest array axis, held out for the validation los
 VAL_PATCHES = 32
 VAL_EVERY = 0.1  # of the budget between validation passes
 # of the budget left unused by the loop: the closing weight copy and reload, and the adapted copy's first forward
-# pass, come after it (without this margin, 2 of 8 bench runs at 180 s ended 0.3-0.6 s past the budget plus the
-# plain run's time)
-TAIL_FRACTION = 0.01
+# pass, come after it (at 1 %, 1 of 8 bench runs at 180 s still ended 0.1 s past the budget plus the plain run's
+# time; at 2 % all 8 ended 3-5 s inside it: benchmarks/results/adapt-throughplane/stage3-lr3e-4)
+TAIL_FRACTION = 0.02
 # Patch edges (output voxels) and batch sizes: one step takes ~0.1-0.3 s on one CPU core
 PLANE_PATCH, PLANE_BATCH = 48, 16
 CUBE_PATCH, CUBE_BATCH = 32, 4
@@ -234,7 +235,7 @@ def adapt(net: Any, spec: ModelSpec, array: np.ndarray, volume: Volume, scale: S
     before = best = validate()
     t_val = time.perf_counter() - t_val  # what the closing validation pass will cost
     best_state = None
-    optimiser = torch.optim.Adam(module.parameters(), lr=LEARNING_RATE)
+    optimiser = torch.optim.Adam(module.parameters(), lr=LEARNING_RATE if spec.adapt_lr is None else spec.adapt_lr)
     steps, t_step, next_val, validated = 0, 0.0, time.perf_counter() + VAL_EVERY * seconds, True
     # step while the next step and a closing validation still fit in the budget
     while time.perf_counter() + t_step + t_val < deadline:

@@ -46,6 +46,9 @@ class ModelSpec:
     # Flip-ensemble members a plain run uses (None: all of kwargs["ensemble"]); chosen per model on the bench (each
     # member is a full pass). An uncertainty map always runs the full ensemble it was calibrated with.
     default_ensemble: int | None = None
+    # Adam's rate for self-supervised adaptation (engine/adapt.py; None: its default), chosen per model on the
+    # adapt bench
+    adapt_lr: float | None = None
     # Whether enhance(model="auto") may pick it. False for variants a user must ask for by name (the GAN variant:
     # sharper texture at a PSNR cost, with a hallucination risk the default must not carry).
     auto: bool = True
@@ -94,7 +97,8 @@ def _mr_sr(scale: int, sha256: str, default_ensemble: int | None = None, gan: bo
                      default_ensemble=default_ensemble)
 
 
-def _throughplane(modality: str, summary: str, sha256: str, refine: int = 0) -> ModelSpec:
+def _throughplane(modality: str, summary: str, sha256: str, refine: int = 0,
+                  adapt_lr: float | None = None) -> ModelSpec:
     """The through-plane models share one architecture (``refine``: correcting stacks after the first); MR is
     normalised by its robust maximum, CT in HU."""
     return ModelSpec(f"{modality}-throughplane", "sr", "learned", (modality,), summary,
@@ -102,7 +106,8 @@ def _throughplane(modality: str, summary: str, sha256: str, refine: int = 0) -> 
                      kwargs={"channels": 32, "dilations": (1, 1, 1, 1, 1, 1, 1), "spatial_dims": 3,
                              **({"refine": refine} if refine else {})},
                      weights=f"{modality}-throughplane.pt", sha256=sha256, card=f"{modality}-throughplane.json",
-                     normalisation=modality, scale_mode="axis", scale_min=2.0, scale_max=6.0, acquisition="gaussian")
+                     normalisation=modality, scale_mode="axis", scale_min=2.0, scale_max=6.0, acquisition="gaussian",
+                     adapt_lr=adapt_lr)
 
 
 def _denoiser(modality: str, summary: str, sha256: str, normalisation: str) -> ModelSpec:
@@ -132,9 +137,12 @@ LEARNED: tuple[ModelSpec, ...] = (
     # over sinc; the periodic model alone had taken it to +0.32; benchmarks/results/sr-x4-consistency)
     _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd"),
     # stage 3: a second stack corrects the first (configs/mr-throughplane-deep.toml): +0.03..+0.16 dB on every
-    # held-out x4 volume over stage 2, spm_single_subj_t1 over the 0.5 dB bar (benchmarks/results/throughplane-deep)
+    # held-out x4 volume over stage 2, spm_single_subj_t1 over the 0.5 dB bar (benchmarks/results/throughplane-deep).
+    # Adapts at 3e-4: 180 s gained +0.06..+0.43 dB (mean +0.25) on the 8 x4 bench volumes against +0.16 at 1e-4
+    # and +0.20 at 2e-4; training the second stack alone gained less (+0.14 mean, one volume -0.07)
+    # (benchmarks/results/adapt-throughplane/stage3-lr3e-4)
     _throughplane("mr", "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
-                  "5673ac60febba59658518f514e09eed5f79a2bc03443de90aa324d64f3fc60d0", refine=1),
+                  "5673ac60febba59658518f514e09eed5f79a2bc03443de90aa324d64f3fc60d0", refine=1, adapt_lr=3e-4),
     # trained on the in-plane planes of the HU volumes with weights_ok (configs/ct-throughplane.toml)
     _throughplane("ct", "CT through-plane super-resolution in HU, slice ratio 2-6 (2D net on both slice "
                         "orientations)", "53e68e7b6ed67c054a4019ee18954af5467e58c604466073654fac39c715c04d"),
