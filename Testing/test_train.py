@@ -205,7 +205,8 @@ def test_learning_rate_warms_up_then_decays_by_cosine() -> None:
 def test_config_refuses_options_its_task_does_not_read(tmp_path: Path, data_root: Path) -> None:
     cases = [("sr", SR_MODEL, 'normalisation = "mr-noise"', "", "normalisation"),
              ("denoise-ct", DN_MODEL, 'normalisation = "mr-noise"', "", "normalisation"),
-             ("throughplane", TP_MODEL, "", "downsample_range = [1.0, 1.5]", "downsample_range"),
+             ("sr", SR_MODEL, "", "downsample_range = [1.0, 1.5]", "downsample_range"),
+             ("throughplane", TP_MODEL, "", "target_noise_max = 0.01", "target_noise_max"),
              ("denoise-mr", DN_MODEL, "", "downsample_range = [0.5, 1.5]", "downsample_range"),
              ("denoise-mr", DN_MODEL, "", "downsample_range = [1.5]", "downsample_range"),
              ("denoise-mr", DN_MODEL, "", "target_noise_max = -0.01", "target_noise_max"),
@@ -416,6 +417,29 @@ def test_ct_throughplane_source_thickens_in_plane_axes_in_hu(tmp_path: Path, dat
     weights = loop.run_training(str(path), quiet=True)
     card = json.loads(weights.with_suffix(".json").read_text())
     assert (card["modality"], card["normalisation"], card["task"]) == ("ct", "ct", "sr")
+
+
+def test_throughplane_source_trains_on_coarser_grids_of_its_volumes(tmp_path: Path, data_root: Path) -> None:
+    """[degrade] downsample_range: every refresh k-space-truncates each base along its fine axes (the volume and
+    its z-scored copy alike, before the randomised appearance); the pairs and sampling weights are on that grid, and
+    an axis that would fall under MIN_AXIS voxels keeps its own."""
+    path = _write_config(tmp_path, data_root, "throughplane", TP_MODEL, '["mr_a"]',
+                         "factor_range = [2.0, 3.0]\ndownsample_range = [1.25, 1.25]")
+    cfg = config.load_config(path)
+    src = sources_mr.ThroughPlaneSource(cfg, ["mr_a"], np.random.default_rng(0))
+    vol = src.vols[0]
+    expected = degrade.kspace_truncation(vol, (1.25, 1.25, 1.25)).array.shape
+    assert expected != vol.array.shape
+    for up, hr, axis, others, w in src.items:  # the volume, then its z-scored copy
+        # (the pair is cropped to the B-spline's grid, which may be a voxel shorter along the thickened axis)
+        assert up.shape == hr.shape and all(0 <= e - n <= 1 for n, e in zip(hr.shape, expected))
+        assert w.shape == tuple(-(-n // 4) for n in expected)
+    assert src.items[1][1].min() < 0 <= src.items[0][1].min()  # the copy stays signed, the magnitude >= 0
+    src.refresh()
+    assert all(0 <= e - n <= 1 for n, e in zip(src.items[0][1].shape, expected))
+    assert src._coarser(Volume(np.ones((18, 30, 40), np.float32))).array.shape == (18, 24, 32)  # k keeps 18
+    x, y = src.batch(2)[:2]
+    assert tuple(x.shape) == tuple(y.shape)
 
 
 def test_throughplane_source_takes_a_volume_with_one_fine_axis(tmp_path: Path, data_root: Path) -> None:

@@ -59,7 +59,9 @@ class DegradeConfig:
     # s1^2 / (s1^2 + s2^2) of noise it cannot tell apart), which showed as residual noise in flat white matter.
     # target_noise_max > 0: k-space-downsample each training volume (axes of >= 64 voxels) by the factor that
     # brings its own noise to this level (n axes truncated by f lower white noise by f^(n/2)), times a factor
-    # drawn from downsample_range at every refresh (also packs more structure into each voxel).
+    # drawn from downsample_range at every refresh (also packs more structure into each voxel). Task
+    # throughplane reads downsample_range alone: its fine axes truncated by a factor drawn from it at every refresh
+    # (a coarser scanner grid, resolution jitter), before the appearance is randomised.
     target_noise_max: float = 0.0
     downsample_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
     # own_noise_correction: the loss compares pred + r (x - pred) with the noisy target, r = s0^2 / (s0^2 + sa^2)
@@ -191,10 +193,10 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
     if cfg.degrade.target_noise_max < 0.0:
         raise ValueError(f"[degrade] target_noise_max must be >= 0, not {cfg.degrade.target_noise_max}")
     down_hi = _check_range(cfg.degrade.downsample_range, "downsample_range", 1.0)
-    if (down_hi > 1.0 or cfg.degrade.target_noise_max != 0.0 or cfg.degrade.own_noise_correction) \
-            and cfg.data.task != "denoise-mr":
-        raise ValueError("[degrade] downsample_range, target_noise_max and own_noise_correction are for task "
-                         "denoise-mr")
+    if down_hi > 1.0 and cfg.data.task not in ("denoise-mr", "throughplane"):
+        raise ValueError("[degrade] downsample_range is for tasks denoise-mr and throughplane")
+    if (cfg.degrade.target_noise_max != 0.0 or cfg.degrade.own_noise_correction) and cfg.data.task != "denoise-mr":
+        raise ValueError("[degrade] target_noise_max and own_noise_correction are for task denoise-mr")
     if _check_range(cfg.degrade.shared_noise_hu, "shared_noise_hu", 0.0) > 0.0 and cfg.data.task != "denoise-ct":
         raise ValueError("[degrade] shared_noise_hu is for task denoise-ct")
     motion = max(_check_range(cfg.degrade.motion_rotation_deg, "motion_rotation_deg", 0.0),

@@ -130,9 +130,12 @@ class ThroughPlaneSource(PairSource):
     def refresh(self) -> None:
         d = self.cfg.degrade
         self.items, self.records = [], []
+        coarser = max(d.downsample_range) > 1.0
         for i, (vol, w) in enumerate(zip(self.bases, self.weights)):
-            if self.cfg.randomise.enabled():  # MR only (load_config): a new appearance, the sampling weights kept
-                vol = self._randomised(i)
+            if self.cfg.randomise.enabled() or coarser:  # a new grid and appearance (randomise: MR only)
+                vol = self._varied(i)
+                if coarser:  # the sampling weights of the new grid
+                    w = structure_weights(normalise_forward(vol.array, self.kind)[0], 4)
             axes = self.fine_axes(vol)
             axis = int(axes[int(self.rng.integers(len(axes)))])
             lr, record = simulate.random_slice_profile(vol, axis, tuple(d.factor_range), self.rng,
@@ -153,12 +156,30 @@ class ThroughPlaneSource(PairSource):
             self.items.append((up_n, hr_n, axis, others, w))
             self.records.append(record)
 
-    def _randomised(self, i: int) -> Volume:
-        """Base ``i`` with a freshly randomised appearance: its volume randomised, then z-scored if base i is a
-        z-scored copy (the bases are the volumes, then their z-scored copies: _mr_variants)."""
-        vol = self.vols[i % len(self.vols)]
+    def _varied(self, i: int) -> Volume:
+        """Base ``i`` on a coarser grid ([degrade] downsample_range) and with a freshly randomised appearance
+        ([randomise]), then z-scored if base i is a z-scored copy (the bases are the volumes, then their z-scored
+        copies: _mr_variants)."""
+        randomised = self.cfg.randomise.enabled()
+        vol = self._coarser(self.vols[i % len(self.vols)] if randomised else self.bases[i])
+        if not randomised:
+            return vol
         arr, _ = randomise(vol.array / robust_max(vol.array), self.rng, self.cfg.randomise)
         return vol.with_array(zscore_brain(arr) if i >= len(self.vols) else arr)
+
+    def _coarser(self, vol: Volume) -> Volume:
+        """``vol`` k-space-truncated along its fine axes by a factor drawn from [degrade] downsample_range: the
+        same anatomy on a coarser grid, more structure per voxel (a 2 mm T1 next to the 1 mm training volumes).
+        An axis keeps its grid where it would fall under MIN_AXIS voxels."""
+        lo, hi = self.cfg.degrade.downsample_range
+        f = float(self.rng.uniform(lo, hi)) if hi > lo else float(lo)
+        fine = self.fine_axes(vol)
+        factors = tuple(f if a in fine and vol.size[a] / f >= self.MIN_AXIS else 1.0 for a in range(3))
+        if max(factors) <= 1.0:
+            return vol
+        out = simulate.kspace_truncation(vol, factors)
+        # a magnitude volume stays >= 0 through the truncation's ringing (as the denoising source keeps it)
+        return out.with_array(np.maximum(out.array, 0.0)) if float(vol.array.min()) >= 0.0 else out
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         p = self.cfg.data.patch
