@@ -137,12 +137,14 @@ LEARNED: tuple[ModelSpec, ...] = (
     # over sinc; the periodic model alone had taken it to +0.32; benchmarks/results/sr-x4-consistency)
     _mr_sr(4, "0b45aea33fdb206a08ddabc7ca79390486d6cd0fd7c6f25b51e00f7a751c1fbd"),
     # stage 3: a second stack corrects the first (configs/mr-throughplane-deep.toml): +0.03..+0.16 dB on every
-    # held-out x4 volume over stage 2, spm_single_subj_t1 over the 0.5 dB bar (benchmarks/results/throughplane-deep).
-    # Adapts at 3e-4: 180 s gained +0.06..+0.43 dB (mean +0.25) on the 8 x4 bench volumes against +0.16 at 1e-4
+    # held-out x4 volume over stage 2, spm_single_subj_t1 over the 0.5 dB bar (benchmarks/results/throughplane-deep);
+    # stage 4 fine-tunes it on coarser grids of its volumes (configs/mr-throughplane-coarse.toml): +0.04..+0.13 dB
+    # on every x4 bench volume over stage 3 (benchmarks/results/throughplane-coarse).
+    # Adapts at 3e-4 (chosen with the stage-3 weights): 180 s gained +0.06..+0.43 dB (mean +0.25) on the 8 x4 bench volumes against +0.16 at 1e-4
     # and +0.20 at 2e-4; training the second stack alone gained less (+0.14 mean, one volume -0.07)
     # (benchmarks/results/adapt-throughplane/stage3-lr3e-4)
     _throughplane("mr", "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
-                  "5673ac60febba59658518f514e09eed5f79a2bc03443de90aa324d64f3fc60d0", refine=1, adapt_lr=3e-4),
+                  "fd45803e4c285c2d1acc197da7a8eee37654a724455634303b7c87dceeed9d19", refine=1, adapt_lr=3e-4),
     # trained on the in-plane planes of the HU volumes with weights_ok (configs/ct-throughplane.toml)
     _throughplane("ct", "CT through-plane super-resolution in HU, slice ratio 2-6 (2D net on both slice "
                         "orientations)", "53e68e7b6ed67c054a4019ee18954af5467e58c604466073654fac39c715c04d"),
