@@ -140,9 +140,9 @@ LEARNED: tuple[ModelSpec, ...] = (
     # held-out x4 volume over stage 2, spm_single_subj_t1 over the 0.5 dB bar (benchmarks/results/throughplane-deep);
     # stage 4 fine-tunes it on coarser grids of its volumes (configs/mr-throughplane-coarse.toml): +0.04..+0.13 dB
     # on every x4 bench volume over stage 3 (benchmarks/results/throughplane-coarse).
-    # Adapts at 3e-4 (chosen with the stage-3 weights): 180 s gained +0.06..+0.43 dB (mean +0.25) on the 8 x4 bench volumes against +0.16 at 1e-4
-    # and +0.20 at 2e-4; training the second stack alone gained less (+0.14 mean, one volume -0.07)
-    # (benchmarks/results/adapt-throughplane/stage3-lr3e-4)
+    # Adapts at 3e-4, chosen with the stage-3 weights: 180 s gained +0.11..+0.44 dB (mean +0.25) on the 8 x4 bench
+    # volumes against +0.16 at 1e-4 and +0.20 at 2e-4; training the second stack alone gained less (+0.14 mean, one
+    # volume -0.07) (benchmarks/results/adapt-throughplane/stage3-lr3e-4). Stage 4 at 3e-4: mean +0.22 (stage4/).
     _throughplane("mr", "MR through-plane super-resolution, slice ratio 2-6 (2D net on both slice orientations)",
                   "fd45803e4c285c2d1acc197da7a8eee37654a724455634303b7c87dceeed9d19", refine=1, adapt_lr=3e-4),
     # trained on the in-plane planes of the HU volumes with weights_ok (configs/ct-throughplane.toml)
