@@ -47,6 +47,14 @@ def isotropic_target(vol: Volume) -> Volume:
     return simulate.kspace_truncation(vol, factors) if max(factors) > 1.0 else vol
 
 
+def truncated(vol: Volume, factors: tuple[float, ...]) -> Volume:
+    """``vol`` k-space-truncated by ``factors`` (index order), a magnitude volume kept >= 0: the truncation rings
+    below 0 at skull-stripped edges, and a magnitude image never is (Rician noise on a negative voxel would treat the
+    volume as signed and skip the background's Rayleigh floor). A signed volume (a z-scored copy, HU) stays signed."""
+    out = simulate.kspace_truncation(vol, factors)
+    return out.with_array(np.maximum(out.array, 0.0)) if float(vol.array.min()) >= 0.0 else out
+
+
 class SRSource(PairSource):
     """Isotropic SR: k-space truncation by an integer factor; LR and HR patches aligned exactly. With [randomise],
     every refresh redraws each volume's appearance (randomise.py) before the truncation."""
@@ -177,9 +185,7 @@ class ThroughPlaneSource(PairSource):
         factors = tuple(f if a in fine and vol.size[a] / f >= self.MIN_AXIS else 1.0 for a in range(3))
         if max(factors) <= 1.0:
             return vol
-        out = simulate.kspace_truncation(vol, factors)
-        # a magnitude volume stays >= 0 through the truncation's ringing (as the denoising source keeps it)
-        return out.with_array(np.maximum(out.array, 0.0)) if float(vol.array.min()) >= 0.0 else out
+        return truncated(vol, factors)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         p = self.cfg.data.patch
@@ -248,11 +254,7 @@ class MRDenoiseSource(PairSource):
             factors = target_factors(vol.array.shape, level, d.target_noise_max,
                                      float(self.rng.uniform(lo, hi)) if hi > lo else lo)
             if max(factors) > 1.0:
-                magnitude = float(vol.array.min()) >= 0.0
-                vol = simulate.kspace_truncation(vol, factors)
-                if magnitude:  # truncation rings below 0 at skull-stripped edges; rician_noise would then treat
-                    # the volume as signed and skip the Rayleigh floor of the background (the net kept it)
-                    vol = vol.with_array(np.maximum(vol.array, 0.0))
+                vol = truncated(vol, factors)  # magnitude kept >= 0 (the net had kept a ringing background)
                 w = structure_weights(vol.array / robust_max(vol.array), 2)
                 s0 /= math.sqrt(math.prod(factors))  # truncation lowers white noise by sqrt(prod f) (tested law)
             noisy, record = simulate.random_rician_noise(vol, tuple(d.noise_range), self.rng)
