@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from MedSREnhanceLib.models.denoiser import Denoiser
-from MedSREnhanceLib.models.motionnet import MotionNet
+from MedSREnhanceLib.models.motionnet import MotionNet, UNet2d
 from MedSREnhanceLib.models.swinplane import SwinThroughPlaneNet
 from MedSREnhanceLib.models.srnet import SRNet, pixel_shuffle_nd
 from MedSREnhanceLib.models.throughplane import ThroughPlaneNet
@@ -217,6 +217,13 @@ def test_motionnet_fuses_three_orientations_and_tiles_exactly_with_its_halo() ->
         across_h = torch.stack([net.net2d(x[:, :, :, h]) for h in range(12)], 3)
         across_w = torch.stack([net.net2d(x[..., w]) for w in range(10)], 4)
     torch.testing.assert_close(y, (across_d + across_h + across_w) / 3, rtol=1e-4, atol=1e-3)
+    net.combine = "median"  # the per-voxel middle of the three orientations
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), torch.stack([across_d, across_h, across_w]).median(dim=0).values,
+                                   rtol=1e-4, atol=1e-3)
+    net.combine = "mean"
+    with pytest.raises(ValueError, match="combine"):
+        MotionNet(combine="max")
     radii = [_farthest_influence(net.net2d, (96, 96), (c, c)) for c in (48, 55)]  # the nearest and farthest phases
     assert max(radii) <= net.halo and net.halo - 8 < max(radii) and net.halo % net.shift_multiple == 0
     vol = torch.rand(24, 104, 96).numpy()
@@ -224,6 +231,25 @@ def test_motionnet_fuses_three_orientations_and_tiles_exactly_with_its_halo() ->
         whole = net(torch.from_numpy(vol)[None, None])[0, 0].numpy()
     tiled = tiled_apply(vol, net, tile=(24, 16, 16), halo=net.halo, mode="crop")
     assert abs(tiled - whole).max() <= 1e-4 * abs(whole).max()
+
+
+def test_motionnet_strip_context_starts_as_the_plain_net_and_reaches_whole_rows() -> None:
+    """StripContext is zero-initialised (the plain U-Net at first); once trained, a voxel's output depends on its
+    whole row far beyond the plain net's field, so the net asks for windows that read the whole volume."""
+    torch.manual_seed(0)
+    plain, ctx = UNet2d(4), UNet2d(4, context=True)
+    ctx.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.rand(1, 1, 16, 200)
+    with torch.no_grad():
+        torch.testing.assert_close(ctx(x), plain(x))
+        for p in ctx.parameters():
+            p.normal_(0.0, 0.3)
+        plain.load_state_dict({k: v for k, v in ctx.state_dict().items() if not k.startswith("context.")})
+        far = x.clone()
+        far[..., 190:] += 1.0  # more than the plain net's 31-38 voxels from column 0
+        assert not torch.allclose(ctx(far)[..., 0], ctx(x)[..., 0])
+        torch.testing.assert_close(plain(far)[..., 0], plain(x)[..., 0])
+    assert MotionNet(channels=4, context=True).halo >= 1 << 16 > MotionNet(channels=4).halo
 
 
 def test_swin_throughplane_starts_as_its_input_and_its_field_stays_within_the_halo() -> None:

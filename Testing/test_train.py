@@ -375,7 +375,7 @@ def test_motion_source_pairs_a_moved_input_with_the_still_target(tmp_path: Path,
     cfg = config.load_config(_write_config(tmp_path, data_root, "motion-mr", DN_MODEL, '["mr_a"]',
                                            "motion_rotation_deg = [3.0, 4.0]\nmotion_translation_mm = [3.0, 4.0]"))
     src = MotionSource(cfg, ["mr_a"], np.random.default_rng(0))
-    (x, y, _), record = src.items[0], src.records[0]
+    (x, y, _, _), record = src.items[0], src.records[0]
     assert record["name"] == "rigid_motion" and 1 <= len(record["params"]["events"]) <= 3
     assert x.shape == y.shape and float(np.abs(x - y).mean()) > 1e-3  # moved, on the target's intensity scale
     assert abs(float(np.percentile(y[y > 0], 99.5)) - 1.0) < 0.1
@@ -384,7 +384,7 @@ def test_motion_source_pairs_a_moved_input_with_the_still_target(tmp_path: Path,
 
 
 def test_motion_slices_train_the_2d_net(tmp_path: Path, data_root: Path) -> None:
-    """patch_dims = 2: square slices across a random axis, and the loop trains MotionNet's 2D core on them."""
+    """patch_dims = 2: square slices, and the loop trains MotionNet's 2D core on them."""
     from MedSREnhanceLib.training.sources_motion import MotionSource
 
     cfg_path = _write_config(tmp_path, data_root, "motion-mr", MOTION_MODEL, '["mr_a", "mr_aniso"]',
@@ -400,6 +400,25 @@ def test_motion_slices_train_the_2d_net(tmp_path: Path, data_root: Path) -> None
     other.write_text(other.read_text().replace("patch = 12", "patch = 12\npatch_dims = 2"))
     with pytest.raises(ValueError, match="patch_dims"):  # only the slice-trained motion net reads it
         config.load_config(other)
+
+
+def test_motion_slices_contain_the_phase_encode_axis(tmp_path: Path, data_root: Path) -> None:
+    """A slice across the phase-encode axis cannot show the ghosts: motion pairs give only slices containing it
+    (here a target that varies along that axis alone is never constant); clean pairs give any orientation."""
+    from MedSREnhanceLib.training.sources_motion import MotionSource
+
+    cfg_path = _write_config(tmp_path, data_root, "motion-mr", MOTION_MODEL, '["mr_a"]',
+                             "motion_rotation_deg = [2.0, 3.0]\nmotion_translation_mm = [2.0, 3.0]\n"
+                             "motion_pe_axes = [0]")
+    cfg_path.write_text(cfg_path.read_text().replace("patch = 12", "patch = 16\npatch_dims = 2"))
+    src = MotionSource(config.load_config(cfg_path), ["mr_a"], np.random.default_rng(0))
+    x, _, w, pe = src.items[0]
+    assert pe == 2  # index axis i is the array's last (z, y, x)
+    ramp = np.broadcast_to(np.arange(x.shape[2], dtype=np.float32), x.shape).copy()
+    src.items = [(x, ramp, w, pe)]
+    assert all(float(src.sample()[1].std()) > 0 for _ in range(40))
+    src.items = [(x, ramp, w, None)]
+    assert any(float(src.sample()[1].std()) == 0 for _ in range(40))
 
 
 def test_ct_throughplane_source_thickens_in_plane_axes_in_hu(tmp_path: Path, data_root: Path) -> None:

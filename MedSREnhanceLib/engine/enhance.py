@@ -160,7 +160,8 @@ def _report(ctx: dict[str, Any], done: int, total: int, stage: str = "inference"
 
 
 class _WithSpread:
-    """A net that returns (N, 2, ...): its members' mean (the usual output) and their standard deviation."""
+    """A net that returns (N, 2, ...): its members fused as its forward fuses them (``fuse``; the mean where a
+    net has none) and their standard deviation."""
 
     def __init__(self, net: Any) -> None:
         self.net = net
@@ -169,7 +170,8 @@ class _WithSpread:
         import torch
 
         members = self.net.members(x)  # (N, n, ...)
-        return torch.cat([members.mean(dim=1, keepdim=True), members.std(dim=1, unbiased=False, keepdim=True)], 1)
+        fused = self.net.fuse(members) if hasattr(self.net, "fuse") else members.mean(dim=1, keepdim=True)
+        return torch.cat([fused, members.std(dim=1, unbiased=False, keepdim=True)], 1)
 
 
 def _nonnegative(spec: ModelSpec, volume: Volume, result: Volume) -> Volume:

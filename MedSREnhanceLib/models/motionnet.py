@@ -6,7 +6,10 @@ the ghosts and blurring it leaves spread along that axis, tens of voxels from th
 net with that reach was too slow to train on two CPU cores (the 3D U-Net of mr-denoise, radius 22, stayed at the
 corrupted input's PSNR); a 2D U-Net reaches ~60 voxels for a fraction of the cost, and two of the three
 orientations contain the phase-encode axis whatever it is. forward: (N, 1, D, H, W) -> same shape;
-``members`` gives the three orientations' outputs (their spread is the uncertainty map's input).
+``members`` gives the three orientations' outputs (their spread is the uncertainty map's input). ``combine``
+"median" keeps, per voxel, the middle of the three: the net trains on slices that contain the phase-encode axis,
+so the two orientations that contain it agree on a correction and the third, which cannot see the ghosts, is
+outvoted where a mean would dilute the correction by a third.
 ``spatial_dims=2`` exposes the bare 2D net on (N, 1, H, W) for training (``net2d``, as the through-plane model).
 """
 from __future__ import annotations
@@ -26,15 +29,35 @@ def _convs(c_in: int, c_out: int, n: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class StripContext(nn.Module):
+    """Adds to every position what its whole row, its whole column and the whole slice hold (means of the
+    features, 1x1 convolutions): the motion that made the ghosts is one for the whole scan, and a local window
+    alone cannot tell a ghost from an edge. Zero-initialised: starts as the identity."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.row, self.col, self.whole = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1)
+        for conv in (self.row, self.col, self.whole):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        g = self.row(f.mean(3, keepdim=True)) + self.col(f.mean(2, keepdim=True)) + self.whole(
+            f.mean((2, 3), keepdim=True))
+        return f + F.leaky_relu(g, 0.1)
+
+
 class UNet2d(nn.Module):
     """x - artifact(x): encoder c, 2c, 4c, 8c (stride-2 convolutions), transposed-convolution decoder with
-    additive skips. Input padded (reflect) to a multiple of 8 inside."""
+    additive skips. Input padded (reflect) to a multiple of 8 inside. ``context``: StripContext on the two
+    coarsest levels (the output then depends on whole rows and columns of the slice)."""
 
     MULTIPLE = 8
 
-    def __init__(self, channels: int = 16) -> None:
+    def __init__(self, channels: int = 16, context: bool = False) -> None:
         super().__init__()
         c = channels
+        self.context = nn.ModuleList([StripContext(4 * c), StripContext(8 * c)]) if context else None
         self.enc = nn.ModuleList([_convs(1, c, 2), _convs(c, 2 * c, 2, 2), _convs(2 * c, 4 * c, 2, 2),
                                   _convs(4 * c, 8 * c, 2, 2)])
         self.up = nn.ModuleList([nn.ConvTranspose2d(8 * c, 4 * c, 2, 2), nn.ConvTranspose2d(4 * c, 2 * c, 2, 2),
@@ -53,6 +76,8 @@ class UNet2d(nn.Module):
         f = xp
         for i, enc in enumerate(self.enc):
             f = enc(f)
+            if self.context is not None and i >= 2:
+                f = self.context[i - 2](f)
             if i < len(self.enc) - 1:
                 skips.append(f)
         for up, dec in zip(self.up, self.dec):
@@ -63,11 +88,15 @@ class UNet2d(nn.Module):
 
 
 class MotionNet(nn.Module):
-    def __init__(self, channels: int = 16, spatial_dims: int = 3, slice_batch: int = 16) -> None:
+    def __init__(self, channels: int = 16, spatial_dims: int = 3, slice_batch: int = 16,
+                 combine: str = "mean", context: bool = False) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError("spatial_dims must be 2 or 3")
-        self.net2d = UNet2d(channels)
+        if combine not in ("mean", "median"):
+            raise ValueError(f"combine must be 'mean' or 'median', got {combine!r}")
+        self.combine = combine
+        self.net2d = UNet2d(channels, context)
         self.channels = channels
         self.spatial_dims = spatial_dims
         self.slice_batch = slice_batch
@@ -75,6 +104,8 @@ class MotionNet(nn.Module):
         # are independent, so none across them
         self.halo: int = 40  # rounded up to the 8-voxel grid the tiles start on
         self.tile_halo: int = 32  # the field's outer voxels barely count (as the denoiser's)
+        if context:  # every output voxel sees whole slices: a window must read the whole volume
+            self.halo = self.tile_halo = 1 << 16
         self.shift_multiple: int = 8
         # Peak floats per input voxel of a window: the input, three orientations' outputs and their stack (the 2D
         # maps are bounded by ``_batch``, not by the window)
@@ -112,4 +143,10 @@ class MotionNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spatial_dims == 2:
             return self.net2d(x)
-        return self.members(x).mean(dim=1, keepdim=True)
+        return self.fuse(self.members(x))
+
+    def fuse(self, members: torch.Tensor) -> torch.Tensor:
+        """(N, 3, ...) orientation outputs -> (N, 1, ...) by ``combine``."""
+        if self.combine == "median":
+            return members.median(dim=1, keepdim=True).values
+        return members.mean(dim=1, keepdim=True)
