@@ -295,3 +295,27 @@ def test_a_training_volume_under_another_name_is_not_called_held_out(monkeypatch
     for path in (a, b):
         sitk.WriteImage(to_sitk(vol), str(path))
     assert content_hash(str(a)) == content_hash(str(b))
+
+
+def test_a_plain_run_with_fewer_flips_is_scored_beside_the_judged_row(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The judged row carries the uncertainty map, so it runs all 8 flips of mr-denoise; a plain `medsr enhance`
+    runs 2 (its default_ensemble): the bench scores that run too, as an unjudged row; --ensemble removes it."""
+    monkeypatch.setattr(baselines, "TUNING_GRIDS", {"gaussian": [{"sigma": 0.5}],
+                                                    "anisotropic-diffusion": [{"iterations": 1, "conductance": 1.0,
+                                                                               "time_step": 0.0625}],
+                                                    "nlmeans": [{"h_factor": 0.8, "patch_size": 3,
+                                                                 "patch_distance": 1}]})
+    path = tmp_path / "mr_tiny.nii.gz"
+    sitk.WriteImage(to_sitk(phantom((20, 22, 24))), str(path))
+    volumes = cases.find_volumes([path])
+    settings = cases.BenchSettings(cases=("mr-denoise-5",), models=("mr-denoise",), crop=20, tune_block=16,
+                                   png=False)
+    rows = {r["model"]: r for r in runner.run_bench(volumes, tmp_path / "a", settings)["results"][0]["rows"]}
+    plain = rows["mr-denoise (plain run, 2 of 8 flips)"]
+    assert plain["kind"] == "ablation" and rows["mr-denoise"]["kind"] == "learned"
+    assert "spearman" not in plain["trust"] and "spearman" in rows["mr-denoise"]["trust"]
+    assert plain["metrics"]["psnr_fg"] != rows["mr-denoise"]["metrics"]["psnr_fg"]  # other members, other output
+    settings.extra["ensemble"] = 2
+    rows = runner.run_bench(volumes, tmp_path / "b", settings)["results"][0]["rows"]
+    assert not any("plain run" in r["model"] for r in rows)

@@ -57,14 +57,14 @@ def run_method(inp: Volume, case: Case, model: str, params: Optional[dict[str, A
 
 def run_learned(inp: Volume, case: Case, model: str, device: str,
                 consistency: Optional[bool] = None, ensemble: Optional[int] = None,
-                adapt: float = 0.0) -> tuple[Any, float]:
-    """A learned model with its uncertainty map (the trust figures): the EnhanceResult and the seconds (with
-    ``adapt``, the seconds include the adaptation)."""
+                adapt: float = 0.0, uncertainty: bool = True) -> tuple[Any, float]:
+    """A learned model, by default with its uncertainty map (the trust figures; enhance then runs the model's full
+    flip ensemble): the EnhanceResult and the seconds (with ``adapt``, the seconds include the adaptation)."""
     from ..engine.enhance import enhance
 
     t0 = time.perf_counter()
     result = enhance(inp, task=case.task, model=model, modality=case.modality,
-                     scale=case.scale if case.task == "sr" else 1, device=device, uncertainty=True,
+                     scale=case.scale if case.task == "sr" else 1, device=device, uncertainty=uncertainty,
                      consistency=consistency, ensemble=ensemble, adapt=adapt)
     return result, time.perf_counter() - t0
 

@@ -121,19 +121,27 @@ def _add_hf_ratios(rows: list[dict[str, Any]], outputs: dict[str, Any], inp: Any
 def _learned_rows(case: Case, bv: BenchVolume, inp: Any, name: str, scorer: Scorer, settings: BenchSettings,
                   outputs: dict[str, Any]) -> list[dict[str, Any]]:
     """A learned model's row (its default) with its trust figures; for an SR model with an acquisition model, also
-    the same model with the data-consistency projection switched the other way (kind "ablation": not judged)."""
+    the same model with the data-consistency projection switched the other way (kind "ablation": not judged).
+    The judged row runs with the uncertainty map, hence the model's full flip ensemble; where a plain
+    ``medsr enhance`` runs fewer members (``default_ensemble``) and no ``--ensemble`` is set, an ablation row scores
+    that plain run too, so the bench shows what a user gets without the map."""
     spec = registry.get(name)
-    variants: list[tuple[str, str, Optional[bool], float]] = [(name, "learned", None, 0.0)]
+    variants: list[tuple[str, str, Optional[bool], float, bool]] = [(name, "learned", None, 0.0, True)]
+    full = int((spec.kwargs or {}).get("ensemble") or 0)
+    if settings.extra.get("ensemble") is None and spec.default_ensemble and spec.default_ensemble < full:
+        variants.append((f"{name} (plain run, {spec.default_ensemble} of {full} flips)", "ablation", None, 0.0,
+                         False))
     if case.task == "sr" and spec.acquisition:
         other = not spec.consistency_default
-        variants.append((f"{name} (consistency {'on' if other else 'off'})", "ablation", other, 0.0))
+        variants.append((f"{name} (consistency {'on' if other else 'off'})", "ablation", other, 0.0, True))
     adapt = float(settings.extra.get("adapt") or 0.0)
     if adapt and adaptation_available(spec):  # judged like the plain model: it is what --adapt gives a user
-        variants.append((f"{name} (adapted {adapt:g} s)", "learned", None, adapt))
+        variants.append((f"{name} (adapted {adapt:g} s)", "learned", None, adapt, True))
     rows = []
-    for label, kind, consistency, seconds_adapt in variants:
+    for label, kind, consistency, seconds_adapt, with_map in variants:
         result, seconds = run_learned(inp, case, name, settings.device, consistency=consistency,
-                                      ensemble=settings.extra.get("ensemble"), adapt=seconds_adapt)
+                                      ensemble=settings.extra.get("ensemble"), adapt=seconds_adapt,
+                                      uncertainty=with_map)
         scores, grid = scorer.score(result.enhanced)
         rows.append({"model": label, "kind": kind, "params": {}, "tuned_for": None, "metrics": scores,
                      "seconds": seconds, "grid": grid, "messages": list(result.messages),
