@@ -120,6 +120,9 @@ def test_motion_auto_picks_the_bundled_model_for_mr() -> None:
     spec = select_model("motion", "mr", (1.0, 1.0, 1.0))
     learned = [s.name for s in registry.LEARNED if s.task == "motion"]
     assert spec.name == (learned[0] if learned else "nlmeans")
+    if not learned:  # the fallback says it smooths and does not correct
+        result = enhance(_head(), task="motion", model="auto", modality="mr")
+        assert any("does not undo motion" in m for m in result.messages)
 
 
 def test_cli_motion_task(tmp_path: Path, run_medsr) -> None:

@@ -205,7 +205,7 @@ def test_learning_rate_warms_up_then_decays_by_cosine() -> None:
 def test_config_refuses_options_its_task_does_not_read(tmp_path: Path, data_root: Path) -> None:
     cases = [("sr", SR_MODEL, 'normalisation = "mr-noise"', "", "normalisation"),
              ("denoise-ct", DN_MODEL, 'normalisation = "mr-noise"', "", "normalisation"),
-             ("sr", SR_MODEL, "", "downsample_range = [1.0, 1.5]", "downsample_range"),
+             ("denoise-ct", DN_MODEL, "", "downsample_range = [1.0, 1.5]", "downsample_range"),
              ("throughplane", TP_MODEL, "", "target_noise_max = 0.01", "target_noise_max"),
              ("denoise-mr", DN_MODEL, "", "downsample_range = [0.5, 1.5]", "downsample_range"),
              ("denoise-mr", DN_MODEL, "", "downsample_range = [1.5]", "downsample_range"),
@@ -459,6 +459,26 @@ def test_throughplane_source_trains_on_coarser_grids_of_its_volumes(tmp_path: Pa
     assert src._coarser(Volume(np.ones((18, 30, 40), np.float32))).array.shape == (18, 24, 32)  # k keeps 18
     x, y = src.batch(2)[:2]
     assert tuple(x.shape) == tuple(y.shape)
+
+
+def test_sr_source_trains_on_coarser_grids_of_its_volumes(tmp_path: Path, data_root: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """[degrade] downsample_range for task sr: every refresh k-space-truncates each volume by a factor drawn from it
+    (the HR target on that grid, the LR input its truncation by the scale); an axis that would keep fewer than
+    MIN_LR_AXIS LR voxels keeps its grid; [1, 1] draws nothing (earlier configs' pairs unchanged)."""
+    monkeypatch.setattr(sources_mr.SRSource, "MIN_LR_AXIS", 8)
+    path = _write_config(tmp_path, data_root, "sr", SR_MODEL, '["mr_a"]', "downsample_range = [1.5, 1.5]")
+    src = sources_mr.SRSource(config.load_config(path), ["mr_a"], np.random.default_rng(0))
+    vol = src.bases[0]  # 21 x 26 x 25 (z, y, x): k (z) would keep 7 LR voxels, so only i and j are truncated
+    expected = degrade.kspace_truncation(vol, (1.5, 1.5, 1.0)).array.shape
+    lr, hr = src.items[0][:2]
+    assert hr.shape == tuple(n - n % 2 for n in expected) and lr.shape == tuple(n // 2 for n in hr.shape)
+    src.refresh()
+    assert src.items[0][1].shape == hr.shape
+    plain = sources_mr.SRSource(config.load_config(_write_config(tmp_path, data_root, "sr", SR_MODEL, '["mr_a"]')),
+                                ["mr_a"], np.random.default_rng(0))
+    assert plain.items[0][1].shape == tuple(n - n % 2 for n in vol.array.shape)
+    assert plain.rng.random() == np.random.default_rng(0).random()  # no draw without the jitter or randomise
 
 
 def test_throughplane_source_takes_a_volume_with_one_fine_axis(tmp_path: Path, data_root: Path) -> None:

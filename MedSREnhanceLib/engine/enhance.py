@@ -38,6 +38,8 @@ TASKS: dict[str, str] = {"sr": "super-resolution", "denoise": "denoising", "moti
 # Tasks that keep the grid, and the classical methods (by their registry task) that can serve them too: a filter
 # is what a user would otherwise try on motion artifacts, and the bench compares against it.
 SAME_GRID: dict[str, str] = {"denoise": "denoise", "motion": "denoise"}
+# What auto's classical fallback cannot do (README, Motion: at its defaults NLM moved mr-motion-4 by -0.24..+0.05 dB)
+FALLBACK_NOTE: dict[str, str] = {"motion": " (a smoothing filter: it does not undo motion and may lower fidelity)"}
 
 
 @dataclass
@@ -160,8 +162,7 @@ def _report(ctx: dict[str, Any], done: int, total: int, stage: str = "inference"
 
 
 class _WithSpread:
-    """A net that returns (N, 2, ...): its members fused as its forward fuses them (``fuse``; the mean where a
-    net has none) and their standard deviation."""
+    """A net that returns (N, 2, ...): its members fused as its forward does (mean, or ``fuse``) and their std."""
 
     def __init__(self, net: Any) -> None:
         self.net = net
@@ -400,7 +401,7 @@ def enhance(
         spec = select_model(task, modality, factors)
         if spec.kind == "classical":
             messages.append(f"no bundled learned model for {TASKS[task]} of {modality.upper()} at scale "
-                            f"{','.join(f'{s:g}' for s in factors)}: used {spec.summary}")
+                            f"{','.join(f'{s:g}' for s in factors)}: used {spec.summary}" + FALLBACK_NOTE.get(task, ""))
     else:
         spec = named
         if not serves(spec, task, factors):

@@ -61,7 +61,8 @@ class DegradeConfig:
     # brings its own noise to this level (n axes truncated by f lower white noise by f^(n/2)), times a factor
     # drawn from downsample_range at every refresh (also packs more structure into each voxel). Task
     # throughplane reads downsample_range alone: its fine axes truncated by a factor drawn from it at every refresh
-    # (a coarser scanner grid, resolution jitter), before the appearance is randomised.
+    # (a coarser scanner grid, resolution jitter), before the appearance is randomised; task sr likewise on every
+    # axis, before the randomisation and the truncation by the SR scale.
     target_noise_max: float = 0.0
     downsample_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
     # own_noise_correction: the loss compares pred + r (x - pred) with the noisy target, r = s0^2 / (s0^2 + sa^2)
@@ -193,8 +194,8 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
     if cfg.degrade.target_noise_max < 0.0:
         raise ValueError(f"[degrade] target_noise_max must be >= 0, not {cfg.degrade.target_noise_max}")
     down_hi = _check_range(cfg.degrade.downsample_range, "downsample_range", 1.0)
-    if down_hi > 1.0 and cfg.data.task not in ("denoise-mr", "throughplane"):
-        raise ValueError("[degrade] downsample_range is for tasks denoise-mr and throughplane")
+    if down_hi > 1.0 and cfg.data.task not in ("denoise-mr", "throughplane", "sr"):
+        raise ValueError("[degrade] downsample_range is for tasks denoise-mr, throughplane and sr")
     if (cfg.degrade.target_noise_max != 0.0 or cfg.degrade.own_noise_correction) and cfg.data.task != "denoise-mr":
         raise ValueError("[degrade] target_noise_max and own_noise_correction are for task denoise-mr")
     if _check_range(cfg.degrade.shared_noise_hu, "shared_noise_hu", 0.0) > 0.0 and cfg.data.task != "denoise-ct":

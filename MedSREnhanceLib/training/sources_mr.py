@@ -70,13 +70,28 @@ class SRSource(PairSource):
         return isotropic_target(vol) if self.cfg.data.isotropise else vol
 
     def refresh(self) -> None:
-        if self.cfg.randomise.enabled():
+        if self.cfg.randomise.enabled() or max(self.cfg.degrade.downsample_range) > 1.0:
             self._build()
+
+    def _coarser(self, vol: Volume) -> Volume:
+        """``vol`` k-space-truncated by a factor drawn from [degrade] downsample_range (resolution jitter: the same
+        anatomy on a coarser grid, more structure per voxel); an axis keeps its grid where it would fall under
+        ``MIN_LR_AXIS`` LR voxels. No draw when the range is [1, 1] (the earlier configs' pairs are unchanged)."""
+        lo, hi = self.cfg.degrade.downsample_range
+        if hi <= 1.0:
+            return vol
+        f = float(self.rng.uniform(lo, hi))
+        s = self.cfg.degrade.scale
+        factors = tuple(f if n / f / s >= self.MIN_LR_AXIS else 1.0 for n in vol.size)
+        return truncated(vol, factors) if max(factors) > 1.0 else vol
+
+    MIN_LR_AXIS = 24  # LR voxels an axis keeps after the jitter (the LR patch is 20 at x2)
 
     def _build(self) -> None:
         s = self.cfg.degrade.scale
         self.items, self.records = [], []
         for base in self.bases:
+            base = self._coarser(base)
             if self.cfg.randomise.enabled():
                 arr, record = randomise(base.array / robust_max(base.array), self.rng, self.cfg.randomise)
                 base = base.with_array(arr)
