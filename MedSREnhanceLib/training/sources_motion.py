@@ -19,8 +19,8 @@ class MotionSource(PairSource):
     Only magnitude volumes (no z-scored copies): the simulation returns |image|, which a signed volume is not.
     With [randomise], each refresh redraws the volume's appearance before the motion (randomise.py). Slice patches
     (``patch_dims = 2``) always contain the phase-encode axis: across it a slice shows no ghost pattern to learn
-    from, only an intensity error the slice cannot explain, and a net trained on such slices learns to blur (the
-    first slice-wise run stayed at its input's PSNR).
+    from, only an intensity error the slice cannot explain (this alone did not make the net learn: see
+    configs/mr-motion.toml).
     """
 
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:

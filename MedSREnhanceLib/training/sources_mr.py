@@ -59,6 +59,8 @@ class SRSource(PairSource):
     """Isotropic SR: k-space truncation by an integer factor; LR and HR patches aligned exactly. With [randomise],
     every refresh redraws each volume's appearance (randomise.py) before the truncation."""
 
+    MIN_LR_AXIS = 24  # LR voxels an axis keeps after the resolution jitter (the LR patch is 20 at x2)
+
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
         super().__init__(cfg, ids, rng)
         self.bases = self.vols
@@ -84,8 +86,6 @@ class SRSource(PairSource):
         s = self.cfg.degrade.scale
         factors = tuple(f if n / f / s >= self.MIN_LR_AXIS else 1.0 for n in vol.size)
         return truncated(vol, factors) if max(factors) > 1.0 else vol
-
-    MIN_LR_AXIS = 24  # LR voxels an axis keeps after the jitter (the LR patch is 20 at x2)
 
     def _build(self) -> None:
         s = self.cfg.degrade.scale
