@@ -209,8 +209,9 @@ def test_auto_default_scores_what_enhance_gives_untuned(tmp_path: Path) -> None:
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, 24)] * 3, indexing="ij")
     arr = (100.0 * np.exp(-(x ** 2 + y ** 2 + z ** 2) / 0.5) * (1.0 + 0.3 * x)).astype(np.float32)
     sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "phantom.nii.gz"))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "auto_default.py"), str(tmp_path / "phantom.nii.gz"),
-                           "--case", "mr-denoise-5", "--models", "gaussian", "--crop", "20"],
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "auto_default.py"),
+                           str(tmp_path / "phantom.nii.gz"), "--case", "mr-denoise-5", "--models", "gaussian",
+                           "--crop", "20"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| phantom |"))

@@ -88,9 +88,11 @@ def test_randomised_sr_pairs_stay_exact(tmp_path, monkeypatch) -> None:
     vol = Volume(_head((24, 28, 26)) * 300.0)
     monkeypatch.setattr(pairs.PairSource, "__init__", lambda self, cfg, ids, rng: setattr(self, "vols", [vol])
                         or setattr(self, "cfg", cfg) or setattr(self, "rng", rng))
-    cfg = SimpleNamespace(degrade=SimpleNamespace(scale=2, noise_prob=0.0, downsample_range=[1.0, 1.0]), data=SimpleNamespace(
-        isotropise=False, zscore_variants=False, patch=12), randomise=rz.RandomiseConfig(
-        contrast_prob=1, bias_prob=1, blur_prob=1, ringing_prob=1, noise_prob=1, noise_range=[0.01, 0.03]))
+    cfg = SimpleNamespace(
+        degrade=SimpleNamespace(scale=2, noise_prob=0.0, downsample_range=[1.0, 1.0]),
+        data=SimpleNamespace(isotropise=False, zscore_variants=False, patch=12),
+        randomise=rz.RandomiseConfig(contrast_prob=1, bias_prob=1, blur_prob=1, ringing_prob=1, noise_prob=1,
+                                     noise_range=[0.01, 0.03]))
     source = sources_mr.SRSource(cfg, ["x"], np.random.default_rng(0))  # type: ignore[arg-type]
     lr, hr, _, _ = source.items[0]
     again = simulate.kspace_truncation(Volume(hr), (2, 2, 2)).array

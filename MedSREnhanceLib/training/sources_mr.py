@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -55,6 +55,18 @@ def truncated(vol: Volume, factors: tuple[float, ...]) -> Volume:
     return out.with_array(np.maximum(out.array, 0.0)) if float(vol.array.min()) >= 0.0 else out
 
 
+def coarser(vol: Volume, rng: np.random.Generator, bounds: Sequence[float],
+            axis_ok: Callable[[int, float], bool]) -> Volume:
+    """Resolution jitter: ``vol`` k-space-truncated by a factor f drawn from ``bounds`` ([degrade]
+    downsample_range) along each index axis a where ``axis_ok(a, f)``; ``vol`` itself where no axis is truncated.
+    No draw when the range is a single value (nor any work at [1, 1]: earlier configs' pairs are unchanged)."""
+    lo, hi = bounds
+    if hi <= 1.0:
+        return vol
+    f = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+    factors = tuple(f if axis_ok(a, f) else 1.0 for a in range(3))
+    return truncated(vol, factors) if max(factors) > 1.0 else vol
+
 class SRSource(PairSource):
     """Isotropic SR: k-space truncation by an integer factor; LR and HR patches aligned exactly. With [randomise],
     every refresh redraws each volume's appearance (randomise.py) before the truncation."""
@@ -76,16 +88,11 @@ class SRSource(PairSource):
             self._build()
 
     def _coarser(self, vol: Volume) -> Volume:
-        """``vol`` k-space-truncated by a factor drawn from [degrade] downsample_range (resolution jitter: the same
-        anatomy on a coarser grid, more structure per voxel); an axis keeps its grid where it would fall under
-        ``MIN_LR_AXIS`` LR voxels. No draw when the range is [1, 1] (the earlier configs' pairs are unchanged)."""
-        lo, hi = self.cfg.degrade.downsample_range
-        if hi <= 1.0:
-            return vol
-        f = float(self.rng.uniform(lo, hi))
+        """``vol`` on a coarser grid ([degrade] downsample_range, every axis); an axis keeps its grid where it would
+        fall under ``MIN_LR_AXIS`` LR voxels."""
         s = self.cfg.degrade.scale
-        factors = tuple(f if n / f / s >= self.MIN_LR_AXIS else 1.0 for n in vol.size)
-        return truncated(vol, factors) if max(factors) > 1.0 else vol
+        return coarser(vol, self.rng, self.cfg.degrade.downsample_range,
+                       lambda a, f: vol.size[a] / f / s >= self.MIN_LR_AXIS)
 
     def _build(self) -> None:
         s = self.cfg.degrade.scale
@@ -194,13 +201,9 @@ class ThroughPlaneSource(PairSource):
         """``vol`` k-space-truncated along its fine axes by a factor drawn from [degrade] downsample_range: the
         same anatomy on a coarser grid, more structure per voxel (a 2 mm T1 next to the 1 mm training volumes).
         An axis keeps its grid where it would fall under MIN_AXIS voxels."""
-        lo, hi = self.cfg.degrade.downsample_range
-        f = float(self.rng.uniform(lo, hi)) if hi > lo else float(lo)
         fine = self.fine_axes(vol)
-        factors = tuple(f if a in fine and vol.size[a] / f >= self.MIN_AXIS else 1.0 for a in range(3))
-        if max(factors) <= 1.0:
-            return vol
-        return truncated(vol, factors)
+        return coarser(vol, self.rng, self.cfg.degrade.downsample_range,
+                       lambda a, f: a in fine and vol.size[a] / f >= self.MIN_AXIS)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         p = self.cfg.data.patch
