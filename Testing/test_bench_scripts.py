@@ -217,3 +217,18 @@ def test_auto_default_scores_what_enhance_gives_untuned(tmp_path: Path) -> None:
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| phantom |"))
     psnr = [float(cell.split(" dB")[0]) for cell in row.strip("|").split("|")[1:]]
     assert len(psnr) == 2 and psnr[1] > psnr[0]
+
+
+def test_spearman_ceiling_extrapolates_an_average_of_noisy_copies_to_infinitely_many() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("spearman_ceiling", ROOT / "benchmarks" / "spearman_ceiling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+
+    def r(n: int, r_inf: float, c: float) -> float:
+        return r_inf * float(np.sqrt(n / (n + c)))
+
+    for r_inf, c in ((0.5, 3.0), (0.39, 0.5), (0.62, 8.0)):
+        assert module.extrapolate(r(8, r_inf, c), 8, r(16, r_inf, c), 16) == pytest.approx(r_inf, rel=1e-9)
+    assert module.extrapolate(0.4, 8, 0.4, 16) == pytest.approx(0.4)  # no rise with n: nothing to add
