@@ -15,7 +15,7 @@ from MedSREnhanceLib.core.acquisition import dirichlet_matrix, profile_matrix
 from MedSREnhanceLib.core.errors import InputError
 from MedSREnhanceLib.core.volume import Volume, resized_geometry
 from MedSREnhanceLib.engine import consistency, uncertainty
-from MedSREnhanceLib.evaluation.calibration import Sample, evaluate, fit
+from MedSREnhanceLib.evaluation.calibration import Sample, evaluate, fit, fit_factor_exponent
 from MedSREnhanceLib.evaluation.scoring import trust_scores
 from MedSREnhanceLib.simulate import kspace_truncation, slice_profile
 
@@ -60,6 +60,31 @@ def test_uncertainty_map_combines_on_the_output_grid() -> None:
     unc = uncertainty.estimate(vol, spread, vol, {"spread": 1.0, "scale": 0.5})
     assert unc.array.shape == vol.array.shape and unc.origin == vol.origin
     np.testing.assert_allclose(unc.array, 1.0, rtol=1e-5)  # scale x spread where the other weights are 0
+
+
+def test_the_factor_exponent_scales_the_map_and_is_recovered_from_errors_that_grow_with_the_factor() -> None:
+    constants = {"spread": 1.0, "scale": 2.0, "factor_ref": 3.0, "factor_exponent": 1.3}
+    assert uncertainty.scale_at(constants, 3.0) == pytest.approx(2.0)
+    assert uncertainty.scale_at(constants, 6.0) == pytest.approx(2.0 * 2.0 ** 1.3)
+    assert uncertainty.scale_at({"spread": 1.0, "scale": 2.0}, 6.0) == 2.0  # no exponent: one k for all
+    rng = np.random.default_rng(3)
+
+    def samples(factor: float) -> list[Sample]:  # the expected |error| grows as factor^1.3, the spread does not
+        out = []
+        for v in range(3):
+            s = np.exp(rng.normal(0.0, 0.8, 20000))
+            error = np.abs(rng.normal(0.0, s * (factor / 3.0) ** 1.3))
+            out.append(Sample(f"v{v}", error, {"spread": (0.3 * s).astype(np.float32),
+                                                "grad": np.zeros(s.size, np.float32), "sigma": 0.0}, factor))
+        return out
+
+    reference, others = samples(3.0), samples(2.0) + samples(5.0)
+    fitted = fit_factor_exponent(reference, others, fit(reference))
+    assert fitted["factor_ref"] == 3.0 and fitted["factor_exponent"] == pytest.approx(1.3, abs=0.1)
+    for row in evaluate(samples(2.0) + samples(6.0), fitted):  # new draws, one factor outside the fit
+        assert 0.8 < row["calibration_ratio"] < 1.25
+    unfitted = evaluate(samples(6.0), fit(reference))
+    assert all(row["calibration_ratio"] > 2.0 for row in unfitted)  # one k would under-report at x6
 
 
 @pytest.mark.parametrize("kind,scale", [("kspace", (2.0, 2.0, 2.0)), ("kspace", (1.0, 3.0, 2.0)),
@@ -210,3 +235,19 @@ def test_cli_classical_model_refuses_uncertainty_in_one_line(tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["medsr: error: uncertainty is not available for classical model bspline"]
     assert not out.exists() and not (tmp_path / "u.nii.gz").exists()
+
+
+def test_enhance_scales_the_map_by_the_run_s_factor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from MedSREnhanceLib import enhance
+    from MedSREnhanceLib.engine import enhance as enhance_module
+
+    torch.set_num_threads(1)
+    thick = slice_profile(make_volume(shape_zyx=(32, 14, 13), direction=OBLIQUE), 2, 4.0)
+    maps = []
+    for exponent in (0.0, 1.0):
+        monkeypatch.setattr(enhance_module, "uncertainty_constants", lambda spec, messages=None, e=exponent: {
+            "spread": 1.0, "scale": 1.0, "factor_ref": 2.0, "factor_exponent": e})
+        maps.append(enhance(thick, task="sr", model="mr-throughplane", scale=(1, 1, 4),
+                            uncertainty=True).extras["uncertainty"].array)
+    assert float(maps[0].max()) > 0
+    np.testing.assert_allclose(maps[1], 2.0 * maps[0], rtol=1e-5)  # (4 / 2)^1

@@ -467,8 +467,8 @@ def enhance(
     if uncertainty:
         extras["ensemble_spread"] = ctx["spread"]
         with _timed(ctx, "uncertainty"):
-            extras["uncertainty"] = uncertainty_map.estimate(enhanced, ctx["spread"], volume,
-                                                             uncertainty_constants(spec, messages))
+            extras["uncertainty"] = uncertainty_map.estimate(
+                enhanced, ctx["spread"], volume, uncertainty_constants(spec, messages), factor=max(factors))
     return EnhanceResult(enhanced, difference, spec.name, task, factors, ctx["device_used"],
                          time.perf_counter() - t0, messages, extras, precision=ctx["precision_used"],
                          dtype=out_dtype, timings=ctx["timings"], adapted_weights=ctx.get("adapted_weights"))

@@ -8,6 +8,10 @@ over the volumes of median |error| / median uncertainty is 1. Usage (development
 
     python -m MedSREnhanceLib.evaluation.calibration ../shared/data/MANIFEST.json --model mr-sr-x2 \\
         --case mr-sr-x2 --ids stroke_t1,stroke_flair,mr_gd --crop 96 --write
+
+A model that serves several factors can be calibrated at several (``--case ct-throughplane-x3,ct-throughplane-x5``):
+the weights and k are fitted at the first, then gamma of k * (factor / factor_ref)^gamma (engine/uncertainty.py)
+by least squares on the log of each other factor's geometric-mean ratio.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ class Sample:
     volume: str
     error: np.ndarray  # |enhanced - truth| over the (subsampled) foreground
     feats: dict[str, Any]  # estimator features over the same voxels (sigma: a float)
+    factor: float = 1.0  # the run's largest upsampling factor (1 for denoising)
 
 
 def collect(model: str, case_name: str, volumes: Sequence[Any], crop: Optional[int]) -> list[Sample]:
@@ -61,7 +66,8 @@ def collect(model: str, case_name: str, volumes: Sequence[Any], crop: Optional[i
             idx = np.sort(rng.choice(idx, MAX_VOXELS, replace=False))
         err = np.abs(result.enhanced.array - gt.array).ravel()[idx]
         kept = {k: (v.ravel()[idx] if isinstance(v, np.ndarray) else v) for k, v in feats.items()}
-        samples.append(Sample(bv.id, err, kept))
+        factor = max(float(f) for f in case.scale) if case.task == "sr" else 1.0
+        samples.append(Sample(bv.id, err, kept, factor))
         logger.info("%s / %s: %d foreground voxels, median |error| %.4g", case_name, bv.id, idx.size,
                     float(np.median(err)))
     return samples
@@ -85,9 +91,24 @@ def fit(samples: Sequence[Sample]) -> dict[str, float]:
     return constants
 
 
+def fit_factor_exponent(reference: Sequence[Sample], others: Sequence[Sample],
+                        constants: dict[str, float]) -> dict[str, float]:
+    """``constants`` (fitted on ``reference``, one factor) with factor_ref and factor_exponent: gamma such that
+    k * (f / f_ref)^gamma calibrates the ``others`` (other factors) in the least-squares sense on log ratios."""
+    f_ref = reference[0].factor
+    x, y = [], []
+    for s in others:
+        ratio = trust_scores(s.error, uncertainty_map.combine(s.feats, constants, f_ref))["calibration_ratio"]
+        x.append(np.log(s.factor / f_ref))
+        y.append(np.log(ratio))
+    x_arr, y_arr = np.asarray(x), np.asarray(y)
+    gamma = float((x_arr * y_arr).sum() / (x_arr * x_arr).sum()) if np.any(x_arr != 0) else 0.0
+    return {**constants, "factor_ref": float(f_ref), "factor_exponent": gamma}
+
+
 def evaluate(samples: Sequence[Sample], constants: dict[str, float]) -> list[dict[str, Any]]:
-    return [{"volume": s.volume, **trust_scores(s.error, uncertainty_map.combine(s.feats, constants))}
-            for s in samples]
+    return [{"volume": s.volume, "factor": s.factor,
+             **trust_scores(s.error, uncertainty_map.combine(s.feats, constants, s.factor))} for s in samples]
 
 
 def write_card(model: str, entry: dict[str, Any]) -> None:
@@ -103,7 +124,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="volume files, folders or a MANIFEST.json")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--case", required=True, help="the bench case the model is calibrated on")
+    parser.add_argument("--case", required=True,
+                        help="the bench case the model is calibrated on; several (comma-separated, the first the "
+                             "reference) fit the factor exponent too")
     parser.add_argument("--ids", required=True, help="comma-separated development volume ids")
     parser.add_argument("--crop", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1)
@@ -114,10 +137,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     logging.basicConfig(level=logging.INFO, format="calibration: %(message)s")
     volumes = find_volumes(args.inputs, [i for i in args.ids.split(",") if i])
-    samples = collect(args.model, args.case, volumes, args.crop or None)
+    cases = [c for c in args.case.split(",") if c]
+    samples = collect(args.model, cases[0], volumes, args.crop or None)
     constants = fit(samples)
-    rows = evaluate(samples, constants)
-    entry = {"estimator": "k * sqrt((a spread)^2 + (b grad)^2 + (c sigma)^2), see engine/uncertainty.py",
+    others = [s for c in cases[1:] for s in collect(args.model, c, volumes, args.crop or None)]
+    if others:
+        constants = fit_factor_exponent(samples, others, constants)
+    rows = evaluate(samples + others, constants)
+    estimator = "k * sqrt((a spread)^2 + (b grad)^2 + (c sigma)^2)"
+    if others:
+        estimator += ", k times (factor / factor_ref)^factor_exponent"
+    entry = {"estimator": estimator + ", see engine/uncertainty.py",
              "constants": constants, "case": args.case, "crop": args.crop, "development_volumes": rows,
              "command": shlex.join(["python", "-m", "MedSREnhanceLib.evaluation.calibration"] + list(sys.argv[1:]))}
     sys.stdout.write(json.dumps(entry, indent=1) + "\n")
