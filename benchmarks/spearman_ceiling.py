@@ -33,7 +33,7 @@ from MedSREnhanceLib.evaluation.cases import (  # noqa: E402
 from MedSREnhanceLib.evaluation.metrics import foreground_mask  # noqa: E402
 from MedSREnhanceLib.simulate import rician_noise  # noqa: E402
 
-CHECKPOINTS = (2, 4, 8, 16)
+CHECKPOINTS = (2, 4, 8, 16, 32, 64)
 
 
 def extrapolate(r_a: float, n_a: int, r_b: float, n_b: int) -> float:
