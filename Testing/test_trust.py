@@ -251,3 +251,12 @@ def test_enhance_scales_the_map_by_the_run_s_factor(monkeypatch: pytest.MonkeyPa
                             uncertainty=True).extras["uncertainty"].array)
     assert float(maps[0].max()) > 0
     np.testing.assert_allclose(maps[1], 2.0 * maps[0], rtol=1e-5)  # (4 / 2)^1
+
+
+def test_every_bundled_learned_model_carries_a_calibration() -> None:
+    from MedSREnhanceLib.models import registry
+
+    for spec in registry.LEARNED:  # an uncalibrated map is the raw spread, several times too small (ct-denoise was)
+        entry = spec.card_data().get("uncertainty", {})
+        assert entry.get("constants", {}).get("scale", 0) > 0, f"{spec.name} has no uncertainty calibration"
+        assert entry.get("development_volumes") and entry.get("command"), spec.name
