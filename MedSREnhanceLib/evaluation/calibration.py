@@ -31,7 +31,7 @@ from ..engine.enhance import enhance
 from ..models import registry
 from . import metrics
 from .scoring import trust_scores
-from .cases import BenchSettings, degraded_pair, find_volumes, parse_case
+from .cases import BenchSettings, case_factors_zyx, degraded_pair, find_volumes, parse_case
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -53,6 +53,7 @@ class Sample:
 def collect(model: str, case_name: str, volumes: Sequence[Any], crop: Optional[int]) -> list[Sample]:
     case = parse_case(case_name)
     settings = BenchSettings(cases=(case_name,), crop=crop)
+    factor = max(case_factors_zyx(case))  # the largest upsampling factor (1 for denoising)
     rng = np.random.default_rng(0)
     samples = []
     for bv in volumes:
@@ -66,7 +67,6 @@ def collect(model: str, case_name: str, volumes: Sequence[Any], crop: Optional[i
             idx = np.sort(rng.choice(idx, MAX_VOXELS, replace=False))
         err = np.abs(result.enhanced.array - gt.array).ravel()[idx]
         kept = {k: (v.ravel()[idx] if isinstance(v, np.ndarray) else v) for k, v in feats.items()}
-        factor = max(float(f) for f in case.scale) if case.task == "sr" else 1.0
         samples.append(Sample(bv.id, err, kept, factor))
         logger.info("%s / %s: %d foreground voxels, median |error| %.4g", case_name, bv.id, idx.size,
                     float(np.median(err)))
