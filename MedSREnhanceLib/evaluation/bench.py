@@ -13,6 +13,8 @@ Cases are named, and the number in the name is the parameter, so extra scales an
   mr-motion-{M}          MR motion: two rigid movements of up to M degrees and M mm at random times of a k-space-
                          simulated scan, phase encoding along a random axis (simulate.motion); the reference is
                          the still volume, baselines are the tuned filters and the corrupted input itself
+  mr-motion-torchio-{M}  MR motion from an independent simulator, TorchIO's RandomMotion(M degrees, M mm, two
+                         movements; evaluation.torchio_motion; needs the `bench` extra): what our models never train on
   ct-lowdose[-{N}]       CT denoising: projection-domain low dose, N photons per ray (default --photons);
                          the reference is the noise-free reconstruction of the same pipeline
   ct-sr-x{S}             CT in-plane SR: Gaussian PSF (FWHM = LR spacing) then sampling by S on i and j

@@ -71,6 +71,11 @@ def parse_case(name: str, photons: float = DEFAULT_PHOTONS,
         amount = float(m.group(1))
         return Case(name, "mr", "motion", "rigid_motion",
                     {"n_events": 2, "max_rotation_deg": amount, "max_translation_mm": amount, "pe_axes": [0, 1, 2]})
+    m = re.fullmatch(r"mr-motion-torchio-([0-9.]+)", name)
+    if m:  # an independent simulator (evaluation.torchio_motion): models never train on it
+        amount = float(m.group(1))
+        return Case(name, "mr", "motion", "torchio_motion",
+                    {"num_transforms": 2, "degrees": amount, "translation_mm": amount})
     m = re.fullmatch(r"ct-throughplane-x([0-9.]+)(?:-([ijk]))?", name)
     if m:  # default j: the CT volumes here have thick (3 mm) slices along k and ~1 mm pixels in-plane
         s, axis = float(m.group(1)), "ijk".index(m.group(2) or "j")
@@ -83,7 +88,7 @@ def parse_case(name: str, photons: float = DEFAULT_PHOTONS,
         s = float(m.group(1))
         return Case(name, "ct", "sr", "gaussian_psf_downsample", {"scale": [s, s, 1.0]}, (s, s, 1.0))
     raise ValueError(f"unknown case {name!r}; use mr-sr-x<S>, mr-throughplane-x<S>, mr-denoise-<percent>, "
-                     "mr-motion-<degrees and mm>, ct-lowdose[-<photons>], ct-throughplane-x<S>[-i|-j|-k] or ct-sr-x<S>")
+                     "mr-motion-<degrees and mm>, mr-motion-torchio-<degrees and mm>, ct-lowdose[-<photons>], ct-throughplane-x<S>[-i|-j|-k] or ct-sr-x<S>")
 
 
 def degrade_case(case: Case, gt: Volume, rng: np.random.Generator) -> tuple[Volume, Volume]:
@@ -100,6 +105,12 @@ def degrade_case(case: Case, gt: Volume, rng: np.random.Generator) -> tuple[Volu
     if case.degradation == "rigid_motion":  # movements drawn from the per-volume generator (seeded)
         moved, _ = simulate.random_rigid_motion(gt, rng, p["n_events"], p["max_rotation_deg"],
                                                 p["max_translation_mm"], tuple(p["pe_axes"]))
+        return moved, gt
+    if case.degradation == "torchio_motion":
+        from .torchio_motion import torchio_motion
+
+        moved, _ = torchio_motion(gt, p["degrees"], p["translation_mm"], p["num_transforms"],
+                                  int(rng.integers(2**31 - 1)))
         return moved, gt
     if case.degradation == "lowdose_ct":
         noisy, reference = simulate.lowdose_ct(gt, p["photons_per_ray"], p["electronic_noise_std"], rng,
