@@ -285,8 +285,13 @@ def degraded_pair(case: Case, bv: BenchVolume, settings: BenchSettings,
     start, size = crop_box(full, case, settings.crop, rough_mask)
     cache_file = None
     if settings.cache:
+        from . import torchio_motion
+
+        code = [simulate.resolution, simulate.noise, simulate.lowdose]
+        if case.task == "motion":  # (not for the others: their cached inputs stay valid)
+            code += [simulate.motion, torchio_motion]
         key = hashlib.sha256(json.dumps([array_hash(full), case.name, case.params, settings.seed, start, size,
-                                         source_hash(simulate.resolution, simulate.noise, simulate.lowdose)]).encode()).hexdigest()[:16]
+                                         source_hash(*code)]).encode()).hexdigest()[:16]
         cache_file = Path(settings.cache) / f"degraded__{case.name}__{bv.id}__{key}.npz"
         if cache_file.exists():
             vols = load_volumes(cache_file)
