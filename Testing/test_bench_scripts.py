@@ -232,3 +232,29 @@ def test_spearman_ceiling_extrapolates_an_average_of_noisy_copies_to_infinitely_
     for r_inf, c in ((0.5, 3.0), (0.39, 0.5), (0.62, 8.0)):
         assert module.extrapolate(r(8, r_inf, c), 8, r(16, r_inf, c), 16) == pytest.approx(r_inf, rel=1e-9)
     assert module.extrapolate(0.4, 8, 0.4, 16) == pytest.approx(0.4)  # no rise with n: nothing to add
+
+
+def test_motion_linear_ceiling_oracles_are_exact_where_they_must_be() -> None:
+    """benchmarks/motion_linear_ceiling.py: the centre planes are TorchIO's original-pose planes (the low-pass keeps
+    them exactly), the per-plane weights are 1 there, and an oracle linear filter never scores below the input."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import motion_linear_ceiling as mlc
+    from MedSREnhanceLib.evaluation.torchio_motion import torchio_motion
+
+    from conftest import make_volume
+
+    vol = make_volume(shape_zyx=(40, 30, 32))
+    vol = vol.with_array(np.maximum(vol.array, 0.0))
+    moved, record = torchio_motion(vol, 4.0, 4.0, 2, seed=2)
+    clean = mlc.centre_planes(40, record["times"])
+    assert 2 <= clean.sum() < 40 and np.array_equal(clean, clean[(40 - np.arange(40)) % 40])  # mirror-symmetric
+    out = mlc.oracle_filters(moved.array, vol.array, record["times"])
+    low = np.fft.fftshift(np.fft.fftn(out["oracle low-pass (original pose's planes only)"]), axes=0)
+    truth = np.fft.fftshift(np.fft.fftn(vol.array), axes=0)
+    assert np.abs(low[clean] - truth[clean]).max() < 1e-3 * np.abs(truth).max()
+    assert np.abs(low[~clean]).max() < 1e-3 * np.abs(truth).max()
+    err = {k: float(np.mean((v - vol.array) ** 2)) for k, v in out.items() if not k.startswith("_")}
+    err_in = float(np.mean((moved.array - vol.array) ** 2))
+    assert err["oracle linear filter per plane"] <= err_in and err["oracle linear filter per plane and ring"] <= err[
+        "oracle linear filter per plane"] + 1e-12
+    assert out["_plane_error"][clean].max() < 1e-4
