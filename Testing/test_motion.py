@@ -91,6 +91,19 @@ def test_random_motion_is_replayable_and_seeded() -> None:
         assert np.linalg.norm(e["rotation_deg"]) <= 4 + 1e-9 and np.linalg.norm(e["translation_mm"]) <= 4 + 1e-9
 
 
+def test_a_centre_margin_keeps_movements_off_the_kspace_centre_and_zero_draws_as_before() -> None:
+    from MedSREnhanceLib.simulate.motion import random_motion_events
+
+    plain = random_motion_events(np.random.default_rng(5), 2, 4.0, 4.0)
+    assert random_motion_events(np.random.default_rng(5), 2, 4.0, 4.0, centre_margin=0.0) == plain
+    times = [e["time"] for seed in range(200)
+             for e in random_motion_events(np.random.default_rng(seed), 2, 4.0, 4.0, centre_margin=0.1)]
+    assert all(0.1 <= t <= 0.4 or 0.6 <= t <= 0.9 for t in times)
+    assert 0.35 < np.mean([t < 0.5 for t in times]) < 0.65  # both sides, in proportion to their lengths
+    with pytest.raises(ValueError, match="no time"):
+        random_motion_events(np.random.default_rng(0), 2, 4.0, 4.0, time_range=(0.45, 0.55), centre_margin=0.1)
+
+
 def test_event_times_are_checked() -> None:
     with pytest.raises(ValueError, match="scan order"):
         simulate.rigid_motion(_head(), 0, [{"time": 0.6}, {"time": 0.3}])

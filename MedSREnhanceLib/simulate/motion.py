@@ -106,11 +106,23 @@ def rigid_motion(vol: Volume, pe_axis: int, events: Sequence[dict[str, Any]]) ->
 
 def random_motion_events(rng: np.random.Generator, n_events: int, max_rotation_deg: float,
                          max_translation_mm: float, time_range: tuple[float, float] = (0.1, 0.9),
-                         ) -> list[dict[str, Any]]:
+                         centre_margin: float = 0.0) -> list[dict[str, Any]]:
     """``n_events`` movements at uniform random times: each a rotation of up to ``max_rotation_deg`` about a random
-    axis and a translation of up to ``max_translation_mm`` in a random direction (magnitudes uniform)."""
+    axis and a translation of up to ``max_translation_mm`` in a random direction (magnitudes uniform).
+    ``centre_margin`` > 0 keeps every movement at least that far (in scan time) from the k-space centre, so the
+    reference pose acquires at least the central 2 * margin of the lines (a movement right at the centre leaves
+    no pose to call the reference)."""
+    lo, hi = time_range
+    if centre_margin > 0.0:
+        left, right = max(0.0, 0.5 - centre_margin - lo), max(0.0, hi - 0.5 - centre_margin)
+        if left + right <= 0.0:
+            raise ValueError(f"centre_margin {centre_margin} leaves no time in {time_range} for a movement")
+        u = rng.uniform(0.0, left + right, n_events)  # one interval of length left + right, split around the centre
+        times = np.where(u < left, lo + u, 0.5 + centre_margin + (u - left))
+    else:
+        times = rng.uniform(lo, hi, n_events)
     events = []
-    for t in sorted(float(v) for v in rng.uniform(*time_range, n_events)):
+    for t in sorted(float(v) for v in times):
         axis = rng.normal(size=3)
         axis /= np.linalg.norm(axis)
         direction = rng.normal(size=3)

@@ -61,10 +61,10 @@ def random_lowdose_ct(vol_hu: Volume, photons_range: tuple[float, float], electr
 
 def random_rigid_motion(vol: Volume, rng: np.random.Generator, n_events: int = 2, max_rotation_deg: float = 4.0,
                         max_translation_mm: float = 4.0, pe_axes: tuple[int, ...] = (0, 1, 2),
-                        ) -> tuple[Volume, dict[str, Any]]:
+                        centre_margin: float = 0.0) -> tuple[Volume, dict[str, Any]]:
     """Phase-encode axis drawn from ``pe_axes``, then ``n_events`` movements (see motion.random_motion_events)."""
     pe_axis = int(pe_axes[int(rng.integers(len(pe_axes)))])
-    events = random_motion_events(rng, n_events, max_rotation_deg, max_translation_mm)
+    events = random_motion_events(rng, n_events, max_rotation_deg, max_translation_mm, centre_margin=centre_margin)
     record = {"name": "rigid_motion", "params": {"pe_axis": pe_axis, "events": events}}
     return replay(vol, record), record  # type: ignore[return-value]
 

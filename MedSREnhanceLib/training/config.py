@@ -86,6 +86,9 @@ class DegradeConfig:
     motion_translation_mm: list[float] = field(default_factory=lambda: [0.0, 0.0])
     motion_pe_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
     motion_clean_prob: float = 0.0
+    # every movement at least this far (scan time, 0-0.4) from the k-space centre: the reference pose then holds the
+    # central 2 * margin of the lines (0: movements anywhere in 0.1-0.9, some at the centre, where no pose is "the" one)
+    motion_centre_margin: float = 0.0
     refresh_every: int = 50  # steps between fresh random degradations of the whole training volumes
 
 
@@ -206,6 +209,8 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
     if motion != (cfg.data.task == "motion-mr"):
         raise ValueError("task motion-mr needs [degrade] motion_rotation_deg or motion_translation_mm, and only "
                          "it reads them")
+    if not 0.0 <= cfg.degrade.motion_centre_margin < 0.4:
+        raise ValueError(f"[degrade] motion_centre_margin must be in [0, 0.4), got {cfg.degrade.motion_centre_margin}")
     if data_root:
         cfg.data.data_root = str(Path(data_root).resolve())
     cfg.data.data_root, cfg.data.cache_dir = _from_repo(cfg.data.data_root), _from_repo(cfg.data.cache_dir)

@@ -42,7 +42,7 @@ class MotionSource(PairSource):
                     vol, self.rng, n_events=int(self.rng.integers(d.motion_events[0], d.motion_events[1] + 1)),
                     max_rotation_deg=float(self.rng.uniform(*d.motion_rotation_deg)),
                     max_translation_mm=float(self.rng.uniform(*d.motion_translation_mm)),
-                    pe_axes=tuple(d.motion_pe_axes))
+                    pe_axes=tuple(d.motion_pe_axes), centre_margin=d.motion_centre_margin)
             x, params = normalise_forward(moved.array, normalisation_of(self.cfg))
             y = (vol.array / params["scale"]).astype(np.float32)
             # patches where the artifact is, as well as where the structure is
