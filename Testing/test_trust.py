@@ -15,7 +15,7 @@ from MedSREnhanceLib.core.acquisition import dirichlet_matrix, profile_matrix
 from MedSREnhanceLib.core.errors import InputError
 from MedSREnhanceLib.core.volume import Volume, resized_geometry
 from MedSREnhanceLib.engine import consistency, uncertainty
-from MedSREnhanceLib.evaluation.calibration import Sample, evaluate, fit, fit_factor_exponent
+from MedSREnhanceLib.evaluation.calibration import Sample, evaluate, fit, fit_factor_exponent, fit_level_exponent
 from MedSREnhanceLib.evaluation.scoring import trust_scores
 from MedSREnhanceLib.simulate import kspace_truncation, slice_profile
 
@@ -85,6 +85,35 @@ def test_the_factor_exponent_scales_the_map_and_is_recovered_from_errors_that_gr
         assert 0.8 < row["calibration_ratio"] < 1.25
     unfitted = evaluate(samples(6.0), fit(reference))
     assert all(row["calibration_ratio"] > 2.0 for row in unfitted)  # one k would under-report at x6
+
+
+def test_the_level_exponent_is_recovered_from_errors_that_grow_faster_than_the_noise() -> None:
+    """A denoiser's |error| grows with the input's noise level faster than the map's features do: calibrated at
+    one level, the map over-states the error below it and under-states it above. The level exponent fixes both."""
+    constants = {"spread": 1.0, "scale": 2.0, "level_ref": 0.05, "level_exponent": 0.5}
+    feats = {"spread": np.ones(4, np.float32), "level": 0.2}
+    np.testing.assert_allclose(uncertainty.combine(feats, constants), 2.0 * 4.0 ** 0.5)
+    np.testing.assert_allclose(uncertainty.combine({**feats, "level": 0.05}, constants), 2.0)
+    np.testing.assert_allclose(uncertainty.combine(feats, {"spread": 1.0, "scale": 2.0}), 2.0)  # no exponent
+    rng = np.random.default_rng(4)
+
+    def samples(level: float) -> list[Sample]:  # spread grows as level, the |error| as level^1.5
+        out = []
+        for v in range(3):
+            lv = level * float(np.exp(rng.normal(0.0, 0.05)))  # each volume's own noise shifts its level
+            s = np.exp(rng.normal(0.0, 0.8, 20000))
+            error = np.abs(rng.normal(0.0, s * lv * (lv / 0.05) ** 0.5))
+            out.append(Sample(f"v{v}", error, {"spread": (0.3 * s * lv).astype(np.float32),
+                                                "grad": np.zeros(s.size, np.float32), "sigma": 0.0, "level": lv}))
+        return out
+
+    reference, others = samples(0.05), samples(0.02) + samples(0.10)
+    fitted = fit_level_exponent(reference, others, fit(reference))
+    assert fitted["level_ref"] == pytest.approx(0.05, rel=0.1)
+    assert fitted["level_exponent"] == pytest.approx(0.5, abs=0.1)
+    for row in evaluate(samples(0.02) + samples(0.15), fitted):  # new draws, one level outside the fit
+        assert 0.8 < row["calibration_ratio"] < 1.25
+    assert all(row["calibration_ratio"] < 0.8 for row in evaluate(samples(0.02), fit(reference)))
 
 
 @pytest.mark.parametrize("kind,scale", [("kspace", (2.0, 2.0, 2.0)), ("kspace", (1.0, 3.0, 2.0)),
@@ -251,6 +280,24 @@ def test_enhance_scales_the_map_by_the_run_s_factor(monkeypatch: pytest.MonkeyPa
                             uncertainty=True).extras["uncertainty"].array)
     assert float(maps[0].max()) > 0
     np.testing.assert_allclose(maps[1], 2.0 * maps[0], rtol=1e-5)  # (4 / 2)^1
+
+
+def test_enhance_scales_a_denoiser_s_map_by_the_input_s_noise_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    from MedSREnhanceLib import enhance
+    from MedSREnhanceLib.core import normalise
+    from MedSREnhanceLib.engine import enhance as enhance_module
+
+    torch.set_num_threads(1)
+    vol = make_volume(shape_zyx=(20, 18, 16))
+    noisy = vol.with_array(np.abs(vol.array + np.random.default_rng(0).normal(0, 0.05, vol.array.shape)).astype(np.float32))
+    maps = []
+    for exponent in (0.0, 1.0):
+        monkeypatch.setattr(enhance_module, "uncertainty_constants", lambda spec, messages=None, e=exponent: {
+            "spread": 1.0, "scale": 1.0, "level_ref": 0.01, "level_exponent": e})
+        maps.append(enhance(noisy, task="denoise", model="mr-denoise", uncertainty=True).extras["uncertainty"].array)
+    level = normalise.noise_sigma(noisy.array) / normalise.robust_max(noisy.array)
+    assert float(maps[0].max()) > 0 and level > 0.01
+    np.testing.assert_allclose(maps[1], maps[0] * level / 0.01, rtol=1e-4)
 
 
 def test_every_bundled_learned_model_carries_a_calibration() -> None:

@@ -11,7 +11,9 @@ over the volumes of median |error| / median uncertainty is 1. Usage (development
 
 A model that serves several factors can be calibrated at several (``--case ct-throughplane-x3,ct-throughplane-x5``):
 the weights and k are fitted at the first, then gamma of k * (factor / factor_ref)^gamma (engine/uncertainty.py)
-by least squares on the log of each other factor's geometric-mean ratio.
+by least squares on the log of each other factor's geometric-mean ratio. A denoiser likewise at several noise
+levels (``--case mr-denoise-5,mr-denoise-2,mr-denoise-10``): the exponent of k * (level / level_ref)^exponent,
+level = each input's estimated noise sigma over its robust maximum (the features' "level").
 """
 from __future__ import annotations
 
@@ -106,8 +108,21 @@ def fit_factor_exponent(reference: Sequence[Sample], others: Sequence[Sample],
     return {**constants, "factor_ref": float(f_ref), "factor_exponent": gamma}
 
 
+def fit_level_exponent(reference: Sequence[Sample], others: Sequence[Sample],
+                       constants: dict[str, float]) -> dict[str, float]:
+    """``constants`` (fitted on ``reference``, one noise level) with level_ref (the geometric mean of the reference
+    inputs' noise levels) and level_exponent: the least-squares slope of log ratio on log(level / level_ref) over
+    every sample (each volume's input level differs a little even within one case: its own noise adds)."""
+    level_ref = float(np.exp(np.mean([np.log(s.feats["level"]) for s in reference])))
+    x = np.asarray([np.log(s.feats["level"] / level_ref) for s in [*reference, *others]])
+    y = np.asarray([np.log(trust_scores(s.error, uncertainty_map.combine(s.feats, constants))["calibration_ratio"])
+                    for s in [*reference, *others]])
+    exponent = float((x * y).sum() / (x * x).sum()) if np.any(x != 0) else 0.0
+    return {**constants, "level_ref": level_ref, "level_exponent": exponent}
+
+
 def evaluate(samples: Sequence[Sample], constants: dict[str, float]) -> list[dict[str, Any]]:
-    return [{"volume": s.volume, "factor": s.factor,
+    return [{"volume": s.volume, "factor": s.factor, "level": round(float(s.feats.get("level", 0.0)), 5),
              **trust_scores(s.error, uncertainty_map.combine(s.feats, constants, s.factor))} for s in samples]
 
 
@@ -141,12 +156,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     samples = collect(args.model, cases[0], volumes, args.crop or None)
     constants = fit(samples)
     others = [s for c in cases[1:] for s in collect(args.model, c, volumes, args.crop or None)]
-    if others:
-        constants = fit_factor_exponent(samples, others, constants)
-    rows = evaluate(samples + others, constants)
     estimator = "k * sqrt((a spread)^2 + (b grad)^2 + (c sigma)^2)"
-    if others:
+    if others and all(s.factor == 1.0 for s in samples + others):  # denoising at several noise levels
+        constants = fit_level_exponent(samples, others, constants)
+        estimator += ", k times (level / level_ref)^level_exponent"
+    elif others:
+        constants = fit_factor_exponent(samples, others, constants)
         estimator += ", k times (factor / factor_ref)^factor_exponent"
+    rows = evaluate(samples + others, constants)
     entry = {"estimator": estimator + ", see engine/uncertainty.py",
              "constants": constants, "case": args.case, "crop": args.crop, "development_volumes": rows,
              "command": shlex.join(["python", "-m", "MedSREnhanceLib.evaluation.calibration"] + list(sys.argv[1:]))}
