@@ -221,3 +221,18 @@ def test_torchio_fills_kspace_along_the_third_index_with_the_original_pose_at_th
     err = np.abs(y - x).sum(axis=(1, 2)) / np.abs(x).sum(axis=(1, 2))
     assert clean.sum() >= 2 and (~clean).sum() >= 2
     assert err[clean].max() < 1e-4 < 1e-2 < err[~clean].min()
+
+
+def test_bench_names_the_missing_torchio_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from MedSREnhanceLib.evaluation import bench
+
+    path = tmp_path / "head.nii.gz"
+    write_volume(_head(), path)
+    monkeypatch.setitem(sys.modules, "torchio", None)  # import torchio now raises ImportError
+    code = bench.main([str(path), "--cases", "mr-motion-torchio-4", "--models", "none", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "needs TorchIO" in err[0] and "[bench]" in err[0]
+    assert not (tmp_path / "out").exists()

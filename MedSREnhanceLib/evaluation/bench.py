@@ -107,7 +107,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         cases = tuple(c for c in args.cases.split(",") if c)
         for c in cases:
-            parse_case(c)
+            if parse_case(c).degradation == "torchio_motion":
+                from .torchio_motion import require_torchio
+
+                require_torchio(c)
         volumes = find_volumes(args.inputs, ids, args.modality)
         if not isinstance(models, str):
             for m in models:

@@ -19,6 +19,15 @@ from ..core.volume import Volume
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
+def require_torchio(case_name: str) -> None:
+    """Raise ValueError (a one-line CLI error) naming the install command when TorchIO is missing."""
+    try:
+        import torchio  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"case {case_name} needs TorchIO, an optional dependency: pip install -e '.[bench]' "
+                         f"({exc})") from exc
+
+
 def ras_affine(vol: Volume) -> np.ndarray:
     """4x4 voxel (i, j, k) -> RAS mm affine of ``vol`` (its geometry is ITK's LPS), as nibabel and TorchIO use."""
     affine = np.eye(4)
