@@ -396,6 +396,8 @@ def test_motion_slices_train_the_2d_net(tmp_path: Path, data_root: Path) -> None
     weights = loop.run_training(str(cfg_path), quiet=True)
     card = json.loads(weights.with_suffix(".json").read_text())
     assert card["task"] == "motion" and card["arch"] == "motionnet" and card["training"]["steps"] == 2
+    last = card["training"]["history"][-1]  # same grid: the inputs' own PSNR is logged beside the net's
+    assert np.isfinite(last["val_psnr_input"]) and np.isfinite(last["val_psnr"])
     other = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]")
     other.write_text(other.read_text().replace("patch = 12", "patch = 12\npatch_dims = 2"))
     with pytest.raises(ValueError, match="patch_dims"):  # only the slice-trained motion net reads it

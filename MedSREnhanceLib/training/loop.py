@@ -128,6 +128,15 @@ def validation_psnr(net: torch.nn.Module, model: torch.nn.Module, val_batch: Opt
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
+def input_psnr(val_batch: Optional[tuple]) -> Optional[float]:
+    """PSNR (data range 1) of the validation inputs themselves against their targets, for tasks that keep the grid
+    (denoising, motion): what ``validation_psnr`` must beat. None for SR or without validation volumes."""
+    if val_batch is None or val_batch[0].shape != val_batch[1].shape:
+        return None
+    mse = float(F.mse_loss(val_batch[0].float(), val_batch[1].float()))
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
 def train_step(net: torch.nn.Module, state: TrainState, batch: tuple, tc: TrainConfig, autocast: Any) -> float:
     """One optimiser step on ``batch`` (x, y, retention), then one discriminator step in a GAN fine-tune; returns
     the generator's loss."""
@@ -165,6 +174,7 @@ def train_loop(cfg: Config, state: TrainState, source: PairSource, val_batch: Op
     ema = None
     patches = 0
     truncated = False
+    baseline = input_psnr(val_batch)
     while state.step < tc.steps:
         if state.step > 0 and cfg.degrade.refresh_every > 0 and state.step % cfg.degrade.refresh_every == 0:
             source.refresh()
@@ -180,6 +190,7 @@ def train_loop(cfg: Config, state: TrainState, source: PairSource, val_batch: Op
         if state.step % tc.val_every == 0 or state.step == tc.steps:
             state.history.append({"step": state.step, "loss": ema, "val_psnr": validation_psnr(net, state.model, val_batch),
                                   "minutes": (state.elapsed_before + now - t_start) / 60,
+                                  **({"val_psnr_input": baseline} if baseline is not None else {}),
                                   **(state.adversarial.last if state.adversarial is not None else {})})
             logger.info("step %d loss %.4f val_psnr %.2f", state.step, ema, state.history[-1]["val_psnr"])
         if now - last_ckpt > 60 * tc.checkpoint_minutes:
