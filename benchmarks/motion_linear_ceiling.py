@@ -33,7 +33,7 @@ from MedSREnhanceLib.evaluation.cache import seed_for  # noqa: E402
 from MedSREnhanceLib.evaluation.cases import (crop_box, crop_volume, find_volumes, parse_case,  # noqa: E402
                                               prepare_ground_truth)
 from MedSREnhanceLib.evaluation.scoring import Scorer  # noqa: E402
-from MedSREnhanceLib.evaluation.torchio_motion import torchio_motion  # noqa: E402
+from MedSREnhanceLib.evaluation import torchio_motion  # noqa: E402
 
 RINGS = 16  # in-plane frequency rings up to the in-plane Nyquist (corners in one more)
 
@@ -90,10 +90,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for bv in find_volumes(args.inputs, args.ids.split(",")):
         gt, _ = prepare_ground_truth(read_volume(bv.path), "mr")
-        rng = seed_for(args.seed, case.name, bv.id)
-        p = case.params
-        moved, record = torchio_motion(gt, p["degrees"], p["translation_mm"], p["num_transforms"],
-                                       int(rng.integers(2**31 - 1)))
+        moved, record = torchio_motion.for_case(gt, case.params, seed_for(args.seed, case.name, bv.id))
         start, size = crop_box(gt, case, args.crop, metrics.foreground_mask(gt.array, "mr", smooth_sigma=2.0))
         scorer = Scorer.for_reference(crop_volume(gt, start, size), "mr")
         outputs = oracle_filters(moved.array, gt.array, record["times"])

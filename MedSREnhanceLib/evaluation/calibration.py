@@ -103,9 +103,7 @@ def fit_factor_exponent(reference: Sequence[Sample], others: Sequence[Sample],
         ratio = trust_scores(s.error, uncertainty_map.combine(s.feats, constants, f_ref))["calibration_ratio"]
         x.append(np.log(s.factor / f_ref))
         y.append(np.log(ratio))
-    x_arr, y_arr = np.asarray(x), np.asarray(y)
-    gamma = float((x_arr * y_arr).sum() / (x_arr * x_arr).sum()) if np.any(x_arr != 0) else 0.0
-    return {**constants, "factor_ref": float(f_ref), "factor_exponent": gamma}
+    return {**constants, "factor_ref": float(f_ref), "factor_exponent": _slope(x, y)}
 
 
 def fit_level_exponent(reference: Sequence[Sample], others: Sequence[Sample],
@@ -117,8 +115,13 @@ def fit_level_exponent(reference: Sequence[Sample], others: Sequence[Sample],
     x = np.asarray([np.log(s.feats["level"] / level_ref) for s in [*reference, *others]])
     y = np.asarray([np.log(trust_scores(s.error, uncertainty_map.combine(s.feats, constants))["calibration_ratio"])
                     for s in [*reference, *others]])
-    exponent = float((x * y).sum() / (x * x).sum()) if np.any(x != 0) else 0.0
-    return {**constants, "level_ref": level_ref, "level_exponent": exponent}
+    return {**constants, "level_ref": level_ref, "level_exponent": _slope(x, y)}
+
+
+def _slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Least-squares slope of y on x through the origin (0 when every x is 0): an exponent from log-log points."""
+    x_arr, y_arr = np.asarray(x, float), np.asarray(y, float)
+    return float((x_arr * y_arr).sum() / (x_arr * x_arr).sum()) if np.any(x_arr != 0) else 0.0
 
 
 def evaluate(samples: Sequence[Sample], constants: dict[str, float]) -> list[dict[str, Any]]:

@@ -107,10 +107,9 @@ def degrade_case(case: Case, gt: Volume, rng: np.random.Generator) -> tuple[Volu
                                                 p["max_translation_mm"], tuple(p["pe_axes"]))
         return moved, gt
     if case.degradation == "torchio_motion":
-        from .torchio_motion import torchio_motion
+        from . import torchio_motion
 
-        moved, _ = torchio_motion(gt, p["degrees"], p["translation_mm"], p["num_transforms"],
-                                  int(rng.integers(2**31 - 1)))
+        moved, _ = torchio_motion.for_case(gt, p, rng)
         return moved, gt
     if case.degradation == "lowdose_ct":
         noisy, reference = simulate.lowdose_ct(gt, p["photons_per_ray"], p["electronic_noise_std"], rng,
@@ -285,10 +284,10 @@ def degraded_pair(case: Case, bv: BenchVolume, settings: BenchSettings,
     start, size = crop_box(full, case, settings.crop, rough_mask)
     cache_file = None
     if settings.cache:
-        from . import torchio_motion
-
         code = [simulate.resolution, simulate.noise, simulate.lowdose]
         if case.task == "motion":  # (not for the others: their cached inputs stay valid)
+            from . import torchio_motion
+
             code += [simulate.motion, torchio_motion]
         key = hashlib.sha256(json.dumps([array_hash(full), case.name, case.params, settings.seed, start, size,
                                          source_hash(*code)]).encode()).hexdigest()[:16]

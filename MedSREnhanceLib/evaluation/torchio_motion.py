@@ -59,3 +59,10 @@ def torchio_motion(vol: Volume, degrees: float, translation_mm: float, num_trans
             if value is not None:
                 record[key] = np.asarray(value, float).round(4).tolist()
     return vol.with_array(np.ascontiguousarray(array)), record
+
+
+def for_case(vol: Volume, params: dict[str, Any], rng: np.random.Generator) -> tuple[Volume, dict[str, Any]]:
+    """The bench's corruption for a case's ``params`` (degrees, translation_mm, num_transforms), TorchIO's seed drawn
+    from the case's per-volume generator: what ``cases.degrade_case`` and benchmarks that need the record call."""
+    return torchio_motion(vol, params["degrees"], params["translation_mm"], params["num_transforms"],
+                          int(rng.integers(2**31 - 1)))

@@ -124,8 +124,12 @@ def validation_psnr(net: torch.nn.Module, model: torch.nn.Module, val_batch: Opt
     with torch.inference_mode():
         pred = expected_target(net(val_batch[0]), val_batch[0], val_batch[2])
     model.train()
-    mse = float(F.mse_loss(pred, val_batch[1]))
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
+    return _psnr(pred, val_batch[1])
+
+
+def _psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """PSNR with data range 1."""
+    return 10 * math.log10(1.0 / max(float(F.mse_loss(pred.float(), target.float())), 1e-12))
 
 
 def input_psnr(val_batch: Optional[tuple]) -> Optional[float]:
@@ -133,8 +137,7 @@ def input_psnr(val_batch: Optional[tuple]) -> Optional[float]:
     (denoising, motion): what ``validation_psnr`` must beat. None for SR or without validation volumes."""
     if val_batch is None or val_batch[0].shape != val_batch[1].shape:
         return None
-    mse = float(F.mse_loss(val_batch[0].float(), val_batch[1].float()))
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
+    return _psnr(val_batch[0], val_batch[1])
 
 
 def train_step(net: torch.nn.Module, state: TrainState, batch: tuple, tc: TrainConfig, autocast: Any) -> float:
