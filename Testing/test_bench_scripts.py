@@ -258,3 +258,26 @@ def test_motion_linear_ceiling_oracles_are_exact_where_they_must_be() -> None:
     assert err["oracle linear filter per plane"] <= err_in and err["oracle linear filter per plane and ring"] <= err[
         "oracle linear filter per plane"] + 1e-12
     assert out["_plane_error"][clean].max() < 1e-4
+
+
+def test_known_pose_perturbation_keeps_the_reference_and_bounds_the_error() -> None:
+    """benchmarks/motion_known_pose.py --tolerance: the reference (identity) pose stays, every moving pose is off by
+    at most delta degrees per angle and delta mm per translation, and times move by exactly the lines asked."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from motion_known_pose import perturbed
+    from scipy.spatial.transform import Rotation
+
+    from MedSREnhanceLib.simulate.motion import _pose
+
+    moving = _pose({"rotation_deg": [2.0, -3.0, 1.0], "translation_mm": [1.0, 0.5, -2.0]})
+    poses, starts = [moving, np.eye(4)], [0.0, 0.4]
+    same, same_starts = perturbed(poses, starts, 200, 0.0, 0, np.random.default_rng(0))
+    np.testing.assert_allclose(same[0], moving, atol=1e-12)
+    assert same_starts == starts
+    for seed in range(5):
+        out, t = perturbed(poses, starts, 200, 0.5, 3, np.random.default_rng(seed))
+        assert np.array_equal(out[1], np.eye(4))
+        error = out[0] @ np.linalg.inv(moving)
+        angles = Rotation.from_matrix(error[:3, :3]).as_euler("xyz", degrees=True)
+        assert 0 < np.abs(angles).max() <= 0.5 + 1e-9 and 0 < np.abs(error[:3, 3]).max() <= 0.5 + 1e-9
+        assert t[0] == 0.0 and abs(abs(t[1] - 0.4) - 3 / 200) < 1e-12

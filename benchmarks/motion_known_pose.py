@@ -1,6 +1,7 @@
 """How much a physics-based motion correction could recover: invert the simulated motion with the TRUE poses (issue 15).
 
     python benchmarks/motion_known_pose.py ../shared/data/MANIFEST.json --ids mr_gd,stroke_t1 --case mr-motion-4
+    python benchmarks/motion_known_pose.py ... --tolerance 0.1,0.25,0.5,1 --lines 1,3   (how exact an estimate must be)
 
 Two learned attempts at `mr-motion` gave no gain over the corrupted input (README, Motion). This measures the
 ceiling of the other route, estimate the poses then invert the acquisition: each whole ground truth is corrupted
@@ -13,7 +14,10 @@ Acquisition model: every k-space plane along the phase-encode axis comes from th
 that plane's time); the corrupted volume is a magnitude image, so its spectrum is Hermitian and each plane holds the
 mean of the spectra of its own pose and of the mirrored plane's pose (the real part of the complex image; exact
 where the image is positive, the rectified background ghosts excepted). Rigid warps by trilinear resampling; their
-adjoint is taken as the inverse warp. Prints Markdown; writes nothing.
+adjoint is taken as the inverse warp. With --tolerance it also inverts with the true poses perturbed (a random error
+pose of up to +-d degrees and mm per parameter on every moving pose) and with the movement times moved by a few
+lines: the precision a pose estimator needs (benchmarks/results/motion/pose_tolerance.md). Prints Markdown; writes
+nothing.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from MedSREnhanceLib.evaluation.cases import (  # noqa: E402
 from MedSREnhanceLib.evaluation.metrics import foreground_mask, score  # noqa: E402
 from MedSREnhanceLib.simulate import random_rigid_motion  # noqa: E402
 from MedSREnhanceLib.core.volume import Volume  # noqa: E402
-from MedSREnhanceLib.simulate.motion import line_poses, poses_relative_to_centre  # noqa: E402
+from MedSREnhanceLib.simulate.motion import _pose, line_poses, poses_relative_to_centre  # noqa: E402
 
 
 def warp(x: torch.Tensor, pose: np.ndarray, half_extent: np.ndarray, inverse: bool = False) -> torch.Tensor:
@@ -89,6 +93,23 @@ def invert(corrupted: np.ndarray, poses: list[np.ndarray], weights: dict[int, to
     return x.numpy()
 
 
+def perturbed(poses: list[np.ndarray], starts: list[float], n_lines: int, delta: float, lines: int,
+              rng: np.random.Generator) -> tuple[list[np.ndarray], list[float]]:
+    """What an estimator that is off by up to ``delta`` would hand the inversion: every moving pose composed with
+    an error pose whose three angles (degrees) and three translations (mm) are uniform in +-delta, the reference
+    pose (identity) kept, and every movement time after the first line moved by ``lines`` phase-encode lines
+    (n_lines in the scan) earlier or later at random."""
+    out = []
+    for pose in poses:
+        if np.allclose(pose, np.eye(4)):
+            out.append(pose)
+            continue
+        error = rng.uniform(-delta, delta, 6)
+        out.append(_pose({"rotation_deg": error[:3].tolist(), "translation_mm": error[3:].tolist()}) @ pose)
+    shifted = [t if t == 0.0 else float(np.clip(t + rng.choice([-1, 1]) * lines / n_lines, 0.0, 1.0)) for t in starts]
+    return out, shifted
+
+
 def motion_case(name: str) -> Case:
     """The bench case ``name``, refused unless it is a motion case."""
     case = parse_case(name)
@@ -125,12 +146,18 @@ def main() -> int:
     parser = volume_parser(__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tolerance", default="",
+                        help="comma-separated pose errors (degrees and mm per parameter): also invert with the true "
+                             "poses perturbed by up to each, --draws times, and with the times off by --lines")
+    parser.add_argument("--draws", type=int, default=2)
+    parser.add_argument("--lines", default="1,3", help="comma-separated movement-time errors in phase-encode lines")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     case = motion_case(args.case)
     print(f"{args.case}, crop {args.crop}, {args.iterations} CG iterations with the true poses\n")
     print("| volume | PE axis (i,j,k) | event times | input fg PSNR | known-pose inversion fg PSNR | gain (dB) | s |")
     print("|---|---|---|---|---|---|---|")
+    rows = []
     for bv in find_volumes(args.inputs, args.ids.split(",")):
         full, _ = prepare_ground_truth(read_volume(bv.path), "mr")
         start, size = crop_box(full, case, args.crop, foreground_mask(full.array, "mr", smooth_sigma=2.0))
@@ -146,7 +173,47 @@ def main() -> int:
         times = ", ".join(f"{e['time']:.2f}" for e in events)
         print(f"| {bv.id} | {pe_axis} | {times} | {before:.2f} | {after:.2f} | {after - before:+.2f} | {seconds:.0f} |",
               flush=True)
+        if args.tolerance:
+            rows.append((bv.id, before, after, tolerance_row(full, moved, pe_axis, poses, starts, half_extent, args,
+                                                             lambda a: score(crop_volume(full.with_array(a), start,
+                                                                                         size).array, gt, "mr",
+                                                                             mask)["psnr_fg"])))
+    if rows:
+        deltas, lines = _floats(args.tolerance), [int(v) for v in _floats(args.lines)]
+        print("\nfg PSNR gain over the input when the poses are off by up to +-d (degrees and mm per parameter; "
+              f"min..max of {args.draws} draws) or the movement times by L lines\n")
+        print("| volume | true poses | " + " | ".join(f"d = {d:g}" for d in deltas) + " | "
+              + " | ".join(f"L = {n}" for n in lines) + " |")
+        print("|---|---|" + "---|" * (len(deltas) + len(lines)))
+        for vid, before, after, cells in rows:
+            print(f"| {vid} | {after - before:+.2f} | " + " | ".join(
+                f"{min(c) - before:+.2f}..{max(c) - before:+.2f}" if len(c) > 1 else f"{c[0] - before:+.2f}"
+                for c in cells) + " |", flush=True)
     return 0
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def tolerance_row(full: Volume, moved: Volume, pe_axis: int, poses: list[np.ndarray], starts: list[float],
+                  half_extent: np.ndarray, args: argparse.Namespace, fg: Any) -> list[list[float]]:
+    """fg PSNR after inverting with perturbed poses (per pose error, ``args.draws`` draws), then with the true poses
+    and shifted times (one draw per time error)."""
+    rng = np.random.default_rng(0)
+    n = full.array.shape[2 - pe_axis]
+    cells = []
+    for delta in _floats(args.tolerance):
+        cells.append([])
+        for _ in range(args.draws):
+            p, _ = perturbed(poses, starts, n, delta, 0, rng)
+            cells[-1].append(fg(invert(moved.array, p, plane_weights(full.array.shape, pe_axis, starts), half_extent,
+                                       args.iterations)))
+    for lines in _floats(args.lines):
+        _, t = perturbed(poses, starts, n, 0.0, int(lines), rng)
+        cells.append([fg(invert(moved.array, poses, plane_weights(full.array.shape, pe_axis, t), half_extent,
+                                args.iterations))])
+    return cells
 
 
 if __name__ == "__main__":
