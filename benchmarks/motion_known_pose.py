@@ -168,16 +168,17 @@ def main() -> int:
         seconds = time.perf_counter() - t0
         gt = crop_volume(full, start, size).array
         mask = foreground_mask(gt, "mr")
-        before = score(crop_volume(moved, start, size).array, gt, "mr", mask)["psnr_fg"]
-        after = score(crop_volume(fixed, start, size).array, gt, "mr", mask)["psnr_fg"]
+
+        def fg(a: np.ndarray) -> float:  # foreground PSNR of a whole-volume array on the bench's crop
+            return score(crop_volume(full.with_array(a), start, size).array, gt, "mr", mask)["psnr_fg"]
+
+        before, after = fg(moved.array), fg(fixed.array)
         times = ", ".join(f"{e['time']:.2f}" for e in events)
         print(f"| {bv.id} | {pe_axis} | {times} | {before:.2f} | {after:.2f} | {after - before:+.2f} | {seconds:.0f} |",
               flush=True)
         if args.tolerance:
-            rows.append((bv.id, before, after, tolerance_row(full, moved, pe_axis, poses, starts, half_extent, args,
-                                                             lambda a: score(crop_volume(full.with_array(a), start,
-                                                                                         size).array, gt, "mr",
-                                                                             mask)["psnr_fg"])))
+            rows.append((bv.id, before, after,
+                         tolerance_row(full, moved, pe_axis, poses, starts, weights, half_extent, args, fg)))
     if rows:
         deltas, lines = _floats(args.tolerance), [int(v) for v in _floats(args.lines)]
         print("\nfg PSNR gain over the input when the poses are off by up to +-d (degrees and mm per parameter; "
@@ -197,9 +198,10 @@ def _floats(text: str) -> list[float]:
 
 
 def tolerance_row(full: Volume, moved: Volume, pe_axis: int, poses: list[np.ndarray], starts: list[float],
-                  half_extent: np.ndarray, args: argparse.Namespace, fg: Any) -> list[list[float]]:
-    """fg PSNR after inverting with perturbed poses (per pose error, ``args.draws`` draws), then with the true poses
-    and shifted times (one draw per time error)."""
+                  weights: dict[int, torch.Tensor], half_extent: np.ndarray, args: argparse.Namespace,
+                  fg: Any) -> list[list[float]]:
+    """fg PSNR after inverting with perturbed poses and the true times' ``weights`` (per pose error, ``args.draws``
+    draws), then with the true poses and shifted times (one draw per time error)."""
     rng = np.random.default_rng(0)
     n = full.array.shape[2 - pe_axis]
     cells = []
@@ -207,8 +209,7 @@ def tolerance_row(full: Volume, moved: Volume, pe_axis: int, poses: list[np.ndar
         cells.append([])
         for _ in range(args.draws):
             p, _ = perturbed(poses, starts, n, delta, 0, rng)
-            cells[-1].append(fg(invert(moved.array, p, plane_weights(full.array.shape, pe_axis, starts), half_extent,
-                                       args.iterations)))
+            cells[-1].append(fg(invert(moved.array, p, weights, half_extent, args.iterations)))
     for lines in _floats(args.lines):
         _, t = perturbed(poses, starts, n, 0.0, int(lines), rng)
         cells.append([fg(invert(moved.array, poses, plane_weights(full.array.shape, pe_axis, t), half_extent,
