@@ -281,3 +281,30 @@ def test_known_pose_perturbation_keeps_the_reference_and_bounds_the_error() -> N
         angles = Rotation.from_matrix(error[:3, :3]).as_euler("xyz", degrees=True)
         assert 0 < np.abs(angles).max() <= 0.5 + 1e-9 and 0 < np.abs(error[:3, 3]).max() <= 0.5 + 1e-9
         assert t[0] == 0.0 and abs(abs(t[1] - 0.4) - 3 / 200) < 1e-12
+
+
+def test_noisy_truth_adds_the_requested_noise_on_the_same_grid(tmp_path: Path) -> None:
+    import SimpleITK as sitk
+    from MedSREnhanceLib import read_volume
+    from MedSREnhanceLib.core.normalise import masked_noise_sigma
+
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, 40)] * 3, indexing="ij")
+    image = sitk.GetImageFromArray((100.0 * np.exp(-(x ** 2 + y ** 2 + z ** 2))).astype(np.float32))
+    image.SetSpacing((0.9, 1.1, 2.0))
+    image.SetOrigin((-5.0, 3.0, 7.5))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    (tmp_path / "in").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "in" / "blob.nii.gz"))
+    script = str(ROOT / "benchmarks" / "noisy_truth.py")
+    proc = subprocess.run([sys.executable, script, str(tmp_path / "in"), "--ids", "blob", "--level", "0.05",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    clean, noisy = read_volume(tmp_path / "in" / "blob.nii.gz"), read_volume(tmp_path / "out" / "blob_nt.nii.gz")
+    assert noisy.spacing == clean.spacing and np.allclose(noisy.origin, clean.origin)
+    assert np.allclose(noisy.direction, clean.direction)
+    inside = clean.array > 50.0  # where Rician noise is near Gaussian: sigma = 5 % of the foreground's 99th percentile
+    sigma = masked_noise_sigma(noisy.array, inside) / np.percentile(clean.array[clean.array > 5.0], 99)
+    assert 0.04 < sigma < 0.06
+    inside_repo = subprocess.run([sys.executable, script, str(tmp_path / "in"), "--ids", "blob", "--out",
+                                  str(ROOT / "benchmarks")], capture_output=True, text=True, timeout=120)
+    assert inside_repo.returncode == 2 and "inside the project" in inside_repo.stderr
