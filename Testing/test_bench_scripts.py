@@ -305,6 +305,15 @@ def test_noisy_truth_adds_the_requested_noise_on_the_same_grid(tmp_path: Path) -
     inside = clean.array > 50.0  # where Rician noise is near Gaussian: sigma = 5 % of the foreground's 99th percentile
     sigma = masked_noise_sigma(noisy.array, inside) / np.percentile(clean.array[clean.array > 5.0], 99)
     assert 0.04 < sigma < 0.06
+    coarse = subprocess.run([sys.executable, script, str(tmp_path / "in"), "--ids", "blob", "--level", "0", "--voxel",
+                             "2.2", "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert coarse.returncode == 0, coarse.stderr
+    cut = read_volume(tmp_path / "out" / "blob_2.2mm.nii.gz")
+    assert np.allclose(cut.spacing, (2.2, 2.2, 2.2), atol=0.15) and np.allclose(cut.direction, clean.direction)
+    extent = np.asarray(clean.array.shape[::-1]) * np.asarray(clean.spacing)  # same field of view in physical space
+    assert np.allclose(np.asarray(cut.array.shape[::-1]) * np.asarray(cut.spacing), extent, rtol=0.06)
+    factors = 2.2 / np.asarray(clean.spacing)  # LR voxel 0 sits at HR index (f - 1) / 2 (core.acquisition.lr_positions)
+    assert np.allclose(cut.index_to_physical(np.zeros(3)), clean.index_to_physical((factors - 1) / 2), atol=1e-4)
     inside_repo = subprocess.run([sys.executable, script, str(tmp_path / "in"), "--ids", "blob", "--out",
                                   str(ROOT / "benchmarks")], capture_output=True, text=True, timeout=120)
     assert inside_repo.returncode == 2 and "inside the project" in inside_repo.stderr
