@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from MedSREnhanceLib import read_volume, simulate  # noqa: E402
 from MedSREnhanceLib.core.io import write_volumes  # noqa: E402
 from MedSREnhanceLib.evaluation.cases import find_volumes  # noqa: E402
-from MedSREnhanceLib.simulate.noise import rician_noise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +39,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--out", required=True, type=Path, help="folder outside the project")
     args = parser.parse_args()
+    if args.level <= 0 and args.voxel <= 0:
+        parser.error("nothing to do: give --level > 0 or --voxel > 0")
     out = args.out.resolve()
     if out == ROOT or ROOT in out.parents:
         parser.error(f"--out {args.out} is inside the project; the noisy copies are data and are never committed")
@@ -48,10 +49,12 @@ def main() -> int:
         vol = read_volume(bv.path)
         name = bv.id
         if args.voxel > 0:
+            if args.voxel < max(vol.spacing) - 1e-6:
+                parser.error(f"--voxel {args.voxel:g} is finer than {bv.id}'s {max(vol.spacing):g} mm voxels")
             vol = simulate.kspace_truncation(vol, tuple(args.voxel / s for s in vol.spacing))
             name += f"_{args.voxel:g}mm"
         if args.level > 0:
-            vol = rician_noise(vol, args.level, np.random.default_rng(args.seed))
+            vol = simulate.rician_noise(vol, args.level, np.random.default_rng(args.seed))
             name += "_nt"
         (path,) = write_volumes([(vol, out / f"{name}.nii.gz")])
         print(path)
