@@ -4,7 +4,7 @@
     python benchmarks/fetched_volumes.py --repo datalad/example-dicom-structural=CLONE_DIR \\
         --repo FNNDSC/SAG-anon=CLONE_DIR --repo FNNDSC/data=CLONE_DIR \\
         --repo neurolabusc/VolumeRenderingData=CLONE_DIR --repo dfsp-spirit/freesurferformats=CLONE_DIR \\
-        --out ../extra_data
+        --repo aaronsossin/DepressionMRI_AI=CLONE_DIR --out ../extra_data
 
 ``--mirror`` is a folder holding one clone per repository as ``owner+name/repo`` (a bare git directory, or a
 work tree with ``.git``); ``--repo owner/name=DIR`` names one clone (a git directory or a work tree) and wins over
