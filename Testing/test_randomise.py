@@ -102,7 +102,7 @@ def test_randomised_sr_pairs_stay_exact(tmp_path, monkeypatch) -> None:
 
 
 def test_randomise_in_configs(tmp_path, data_root) -> None:  # noqa: F811
-    """[randomise] trains through-plane pairs too; CT (HU, no magnitude curve) and non-SR tasks refuse it."""
+    """[randomise] trains through-plane and MR denoising pairs too; CT (HU, no magnitude curve) refuses it."""
     from MedSREnhanceLib.training import config, loop
     from test_train import DN_MODEL, TP_MODEL, _write_config
 
@@ -115,10 +115,38 @@ def test_randomise_in_configs(tmp_path, data_root) -> None:  # noqa: F811
     cfg.write_text(ct)
     with pytest.raises(ValueError, match="magnitude"):
         config.load_config(cfg)
-    dn = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]")
+    dn = _write_config(tmp_path, data_root, "denoise-mr", DN_MODEL, '["mr_a"]', "noise_range = [0.02, 0.1]",
+                       steps=1)
     dn.write_text(dn.read_text() + table)
-    with pytest.raises(ValueError, match="randomise"):
-        config.load_config(dn)
+    assert loop.run_training(str(dn), quiet=True).exists()  # MR denoising pairs randomise too
     dn.write_text(dn.read_text().split("[randomise]")[0].replace('[data]\n', '[data]\nisotropise = true\n'))
     with pytest.raises(ValueError, match="isotropise"):
         config.load_config(dn)
+
+
+def test_randomised_denoise_pairs_redraw_the_appearance_and_reread_the_own_noise(monkeypatch) -> None:
+    """With [randomise] each refresh gives the denoiser new targets, and the target's own noise (what
+    own_noise_correction keeps out of the loss) is read on the randomised volume: noise the randomiser adds raises
+    the retained share, without it the clean phantom retains ~nothing."""
+    from types import SimpleNamespace
+
+    from MedSREnhanceLib.training import pairs
+
+    vol = Volume(_head((32, 32, 32)) * 300.0)
+    monkeypatch.setattr(pairs.PairSource, "__init__", lambda self, cfg, ids, rng: setattr(self, "vols", [vol])
+                        or setattr(self, "cfg", cfg) or setattr(self, "rng", rng))
+
+    def source(randomise: rz.RandomiseConfig) -> sources_mr.MRDenoiseSource:
+        cfg = SimpleNamespace(
+            degrade=SimpleNamespace(target_noise_max=0.0, own_noise_correction=True, downsample_range=[1.0, 1.0],
+                                    noise_range=[0.03, 0.03]),
+            data=SimpleNamespace(zscore_variants=False, patch=12, normalisation="mr-noise", task="denoise-mr"),
+            randomise=randomise)
+        return sources_mr.MRDenoiseSource(cfg, ["x"], np.random.default_rng(0))  # type: ignore[arg-type]
+
+    plain = source(rz.RandomiseConfig())
+    noisy = source(rz.RandomiseConfig(contrast_prob=1, noise_prob=1, noise_range=[0.03, 0.03]))
+    assert plain.items[0][3] < 0.05 < noisy.items[0][3] < 0.9  # retention = own / (own + added) noise power
+    target = noisy.items[0][1].copy()
+    noisy.refresh()
+    assert not np.allclose(noisy.items[0][1], target)

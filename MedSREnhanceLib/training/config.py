@@ -176,10 +176,10 @@ def load_config(path: str | Path, data_root: str = "") -> Config:
         randomise=_build(RandomiseConfig, raw.get("randomise", {}), "randomise"),
     )
     cfg.randomise.check()
-    if cfg.randomise.enabled() and (cfg.data.task not in ("sr", "throughplane", "motion-mr")
-                                    or normalisation_of(cfg) != "mr"):
-        raise ValueError("[randomise] is implemented for MR tasks sr, throughplane and motion-mr (its contrast curves "
-                         "assume magnitude images)")
+    if cfg.randomise.enabled() and (cfg.data.task not in ("sr", "throughplane", "motion-mr", "denoise-mr")
+                                    or normalisation_of(cfg) not in ("mr", "mr-noise")):
+        raise ValueError("[randomise] is implemented for MR tasks sr, throughplane, motion-mr and denoise-mr (its "
+                         "contrast curves assume magnitude images)")
     if cfg.adversarial is not None and cfg.data.task != "sr":
         raise ValueError("[adversarial] is implemented for task sr only")
     if cfg.train.precision not in ("fp32", "bf16"):  # before any data is loaded or simulated

@@ -249,22 +249,32 @@ def _own_noise(vols: list[Volume], bases: list[Volume], own: list[float]) -> lis
 
 
 class MRDenoiseSource(PairSource):
-    """Whole-volume Rician noise at a random level per refresh, normalised on the noisy volume as at inference."""
+    """Whole-volume Rician noise at a random level per refresh, normalised on the noisy volume as at inference.
+    With [randomise], every refresh first redraws each volume's appearance (randomise.py) and re-reads its own
+    noise on the result (contrast curves, blur and the randomiser's own noise all change it)."""
 
     def __init__(self, cfg: Config, ids: list[str], rng: np.random.Generator) -> None:
         super().__init__(cfg, ids, rng)
-        self.bases = _mr_variants(self.vols, cfg.data.zscore_variants)
-        d = cfg.degrade
-        # the targets' own noise, read only where an option uses it; as a level z-scored copies share their volume's
-        own = [noise_sigma(v.array) if d.target_noise_max > 0 or d.own_noise_correction else 0.0 for v in self.vols]
-        levels = [s / robust_max(v.array) for s, v in zip(own, self.vols)]
-        self.levels = levels * (len(self.bases) // len(self.vols))
-        self.weights = [structure_weights(v.array / robust_max(v.array), 2) for v in self.bases]
-        self.own_sigma = _own_noise(self.vols, self.bases, own) if d.own_noise_correction else [0.0] * len(self.bases)
         self.items: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
+        if not cfg.randomise.enabled():
+            self._set_bases(self.vols)
         self.refresh()
 
+    def _set_bases(self, vols: list[Volume]) -> None:
+        """The bases (``vols``, then their z-scored copies), their sampling weights and their own noise."""
+        d = self.cfg.degrade
+        self.bases = _mr_variants(vols, self.cfg.data.zscore_variants)
+        # the targets' own noise, read only where an option uses it; as a level z-scored copies share their volume's
+        own = [noise_sigma(v.array) if d.target_noise_max > 0 or d.own_noise_correction else 0.0 for v in vols]
+        levels = [s / robust_max(v.array) for s, v in zip(own, vols)]
+        self.levels = levels * (len(self.bases) // len(vols))
+        self.weights = [structure_weights(v.array / robust_max(v.array), 2) for v in self.bases]
+        self.own_sigma = _own_noise(vols, self.bases, own) if d.own_noise_correction else [0.0] * len(self.bases)
+
     def refresh(self) -> None:
+        if self.cfg.randomise.enabled():
+            self._set_bases([v.with_array(randomise(v.array / robust_max(v.array), self.rng, self.cfg.randomise)[0])
+                             for v in self.vols])
         self.items = []
         d = self.cfg.degrade
         lo, hi = d.downsample_range
