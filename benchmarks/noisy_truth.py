@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from MedSREnhanceLib import read_volume, simulate  # noqa: E402
 from MedSREnhanceLib.core.io import write_volumes  # noqa: E402
 from MedSREnhanceLib.evaluation.cases import find_volumes  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
