@@ -1,8 +1,10 @@
 """Training pipeline: a 2-step run per task on synthetic volumes from a tiny TOML config, resume, config errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +193,44 @@ def test_relative_directories_resolve_against_the_repository_root(tmp_path: Path
     assert Path(loaded.train.run_dir) == (config.REPO_ROOT / "../runs").resolve()
     assert loaded.train.out_dir == ""  # the package's weights folder
     assert config.load_config(cfg, str(data_root)).data.data_root == str(data_root.resolve())
+
+
+def test_a_config_extends_a_base_key_by_key(tmp_path: Path, data_root: Path) -> None:
+    """``extends``: the base's tables first, the config's keys replace the base's one by one (a list whole), the
+    base's other keys are kept; a chain of bases resolves; a base that is missing, a cycle or a stray top-level
+    key is refused with the file named."""
+    base = _write_config(tmp_path, data_root, "sr", SR_MODEL, extra_degrade="noise_range = [0.0, 0.02]")
+    (tmp_path / "exp.toml").write_text(f'extends = "{base.name}"\n[model]\nname = "exp"\n'
+                                       '[data]\ntrain_ids = ["mr_b"]\n[train]\nseed = 7\n')
+    merged, own = config.load_config(tmp_path / "exp.toml"), config.load_config(base)
+    assert (merged.model.name, merged.data.train_ids, merged.train.seed) == ("exp", ["mr_b"], 7)
+    assert (own.model.name, own.data.train_ids, own.train.seed) == ("tiny-sr", ["mr_a", "mr_aniso"], 0)
+    assert merged.model.kwargs == own.model.kwargs and merged.degrade == own.degrade  # kept from the base
+    assert merged.data.val_ids == own.data.val_ids and merged.train.steps == own.train.steps
+    (tmp_path / "exp2.toml").write_text('extends = "exp.toml"\n[train]\nsteps = 5\n')
+    chained = config.load_config(tmp_path / "exp2.toml")
+    assert (chained.model.name, chained.train.seed, chained.train.steps) == ("exp", 7, 5)
+    for text, match in (('extends = "nowhere.toml"\n', "nowhere.toml, which is not a file"),
+                        ('extends = "loop.toml"\n', "extends itself"),
+                        (f'extends = "{base.name}"\nseed = 3\n', "top-level key 'seed'"),
+                        ('extends = 3\n', "must be a file name")):
+        (tmp_path / "loop.toml").write_text(text)
+        with pytest.raises(ValueError, match=match):
+            config.load_config(tmp_path / "loop.toml")
+
+
+def test_experiment_configs_resolve_to_their_base_with_their_changes() -> None:
+    """The project's experiment configs that extend a bundled stage differ from it only where they say."""
+    configs = config.REPO_ROOT / "configs"
+    extending = [p for p in sorted(configs.glob("*.toml")) if "extends" in tomllib.loads(p.read_text())]
+    assert len(extending) >= 10
+    for path in extending:
+        raw = tomllib.loads(path.read_text())
+        cfg, base = config.load_config(path), config.load_config(configs / raw["extends"])
+        for table in ("model", "data", "degrade", "train", "randomise"):
+            got, was = dataclasses.asdict(getattr(cfg, table)), dataclasses.asdict(getattr(base, table))
+            changed = {k for k in got if got[k] != was[k]}
+            assert changed == {k for k in raw.get(table, {}) if raw[table][k] != was[k]}, (path.name, table)
 
 
 def test_learning_rate_warms_up_then_decays_by_cosine() -> None:

@@ -1,5 +1,5 @@
 """Training configs: four typed TOML tables ([model], [data], [degrade], [train]), optional [randomise] and
-[adversarial], checked on load."""
+[adversarial], checked on load; ``extends = "BASE.toml"`` merges a base config in first (experiments)."""
 from __future__ import annotations
 
 import dataclasses
@@ -160,10 +160,33 @@ def _check_range(values: list[float], name: str, minimum: float) -> float:
     return float(values[1])
 
 
+def _read_tables(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The config's tables, ``extends = "BASE.toml"`` (relative to the config's folder) merged in first: the
+    config's keys replace the base's key by key within each table (a list replaces the whole list), so an
+    experiment config holds only what it changes and a card records the merged result."""
+    path = path.resolve()
+    if path in seen:
+        raise ValueError(f"config {path.name} extends itself (through {' -> '.join(p.name for p in seen)})")
+    raw = tomllib.loads(path.read_text())
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ValueError(f"extends in {path.name} must be a file name, not {base!r}")
+    if not (path.parent / base).is_file():
+        raise ValueError(f"config {path.name} extends {base}, which is not a file beside it")
+    merged = _read_tables(path.parent / base, seen + (path,))
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"top-level key {name!r} in {path.name}: only extends and tables may be there")
+        merged[name] = {**merged.get(name, {}), **table}
+    return merged
+
+
 def load_config(path: str | Path, data_root: str = "") -> Config:
-    """Parse a TOML config; relative directories resolve against the repository root, so a config means the
-    same thing from any working directory. ``data_root`` overrides the config's."""
-    raw = tomllib.loads(Path(path).read_text())
+    """Parse a TOML config (and the configs it extends); relative directories resolve against the repository
+    root, so a config means the same thing from any working directory. ``data_root`` overrides the config's."""
+    raw = _read_tables(Path(path))
     unknown = set(raw) - {"model", "data", "degrade", "train", "adversarial", "randomise"}
     if unknown:
         raise ValueError(f"unknown table(s) in {path}: {', '.join(sorted(unknown))}")
