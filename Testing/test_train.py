@@ -614,6 +614,21 @@ def test_grown_net_starts_as_the_trained_one(tmp_path: Path, data_root: Path) ->
         loop.build_initial_model(config.load_config(cfg))
 
 
+def test_card_records_the_weights_a_fine_tune_started_from(tmp_path: Path, data_root: Path) -> None:
+    """init_sha256 is the file init_from named when training began, even when the run writes over that file (a
+    staged chain whose stages share one weights file)."""
+    from MedSREnhanceLib.models.srnet import SRNet
+
+    torch.manual_seed(0)
+    torch.save(SRNet(scale=2, channels=4, blocks=1).state_dict(), tmp_path / "tiny-sr.pt")
+    before = sha256_of(tmp_path / "tiny-sr.pt")
+    cfg = _write_config(tmp_path, data_root, "sr", SR_MODEL, '["mr_a"]', "scale = 2")
+    cfg.write_text(cfg.read_text().replace("[data]", f'init_from = "{tmp_path / "tiny-sr.pt"}"\n\n[data]'))
+    weights = loop.run_training(str(cfg), quiet=True, out_dir=str(tmp_path))
+    assert weights == tmp_path / "tiny-sr.pt" and sha256_of(weights) != before  # it wrote over its start
+    assert json.loads(weights.with_suffix(".json").read_text())["training"]["init_sha256"] == before
+
+
 def test_card_config_names_folders_beside_the_repository_relative_to_it(tmp_path: Path) -> None:
     """The resolved config in a card: folders next to the repository relative to its root, as configs write them
     (no machine's absolute path); a folder elsewhere stays absolute."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.io import content_hash
-from ..models.registry import WEIGHTS_DIR
+from ..models.registry import WEIGHTS_DIR, sha256_of
 from .adversarial import AdversarialObjective, build_objective
 from .cards import model_card, write_card
 from .config import REPO_ROOT, Config, TrainConfig, load_config
@@ -263,6 +263,8 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
         val_source = SOURCES[cfg.data.task](cfg, cfg.data.val_ids, np.random.default_rng(tc.seed + 1))
         val_batch = val_source.batch(max(4, tc.batch))
 
+    # hashed before training: a staged chain overwrites the file it starts from when it writes its weights
+    init_sha256 = sha256_of(REPO_ROOT / cfg.model.init_from) if cfg.model.init_from else ""
     model = build_initial_model(cfg)
     averaged = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
         tc.ema_decay), use_buffers=True) if tc.ema_decay > 0 else None)
@@ -288,6 +290,8 @@ def run_training(config_path: str, resume: bool = False, quiet: bool = False, da
     torch.save({k: v.detach().clone().float() for k, v in shipped.state_dict().items()}, weights_path)
     card = model_card(cfg, model, weights_path, config_path, steps=state.step, truncated=truncated,
                       seconds=state.elapsed_before, history=state.history)
+    if init_sha256:  # which weights an experiment that names the bundled file actually started from
+        card["training"]["init_sha256"] = init_sha256
     if sources is not None:
         card["training"]["sources"] = sources.citation(cfg.data.train_ids)
     # so the bench knows these volumes under any file name (evaluation.runner.provenance)
