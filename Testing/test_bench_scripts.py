@@ -176,7 +176,7 @@ def test_fetched_volumes_rebuilds_from_a_clone_at_the_commit_and_checks_the_card
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2, 2), np.int16)), str(repo / "t1.nii.gz"))
     _git(repo, "commit", "-q", "-am", "later change")
     sources = tmp_path / "sources.toml"
-    sources.write_text("".join(
+    sources.write_text('[roots]\nfetched = "extra"\n\n' + "".join(  # read as training reads it: roots declared
         f'[volumes.{vid}]\nroot = "fetched"\ngroup = "g"\nmodality = "MR"\nsource = "someone/vols@{commit[:10]}:{f}"\n'
         f'licence = "MIT"\nweights_ok = "yes"\n\n' for vid, f in (("vol_a", "t1.nii.gz"), ("vol_b", "big.nii.gz"))))
     weights = tmp_path / "weights"

@@ -29,6 +29,22 @@ def test_project_sources_file_records_every_volume_a_config_trains_on() -> None:
             sources.entry(vid)
 
 
+def test_a_group_table_gives_its_volumes_the_fields_they_share(tmp_path: Path) -> None:
+    """[groups.NAME] fills root, licence, weights_ok and modality of that group's volumes; a volume's own keys win;
+    a key a group may not set is refused."""
+    path = tmp_path / "s.toml"
+    path.write_text('[roots]\nshared = "x"\n[groups.site]\nroot = "shared"\nlicence = "CC0"\nweights_ok = "yes"\n'
+                    '[volumes.a]\ngroup = "site"\nsource = "s1"\n'
+                    '[volumes.b]\ngroup = "site"\nsource = "s2"\nweights_ok = "no (evaluation)"\n')
+    sources = data_sources.load_sources(path)
+    a, b = sources.entry("a"), sources.entry("b")
+    assert (a.root, a.licence, a.weights_ok, a.source) == ("shared", "CC0", "yes", "s1") and a.shippable
+    assert (b.licence, b.weights_ok) == ("CC0", "no (evaluation)") and not b.shippable
+    path.write_text(path.read_text().replace('[groups.site]\n', '[groups.site]\nsource = "s0"\n'))
+    with pytest.raises(ValueError, match="unknown key.*group 'site'"):
+        data_sources.load_sources(path)
+
+
 def test_sources_file_errors(tmp_path: Path) -> None:
     bad = tmp_path / "s.toml"
     bad.write_text('[roots]\nshared = "x"\n[volumes.a]\nroot = "elsewhere"\ngroup = "g"\nsource = "s"\n'

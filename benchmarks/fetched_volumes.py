@@ -39,7 +39,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -52,6 +51,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 from MedSREnhanceLib.core.io import content_hash  # noqa: E402
+from MedSREnhanceLib.training.data_sources import load_sources  # noqa: E402
 
 ROOT_NAME = "fetched"
 SOURCE_RE = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)@(?P<commit>[0-9a-fA-F]{7,40}):(?P<path>\S+)\s*(?P<notes>.*)$")
@@ -96,14 +96,9 @@ def parse_source(text: str) -> Source:
 
 
 def load_fetched(sources_toml: Path) -> list[Fetched]:
-    """The volumes of ``sources_toml`` whose root is "fetched", in file order."""
-    table = tomllib.loads(sources_toml.read_text())
-    out = []
-    for vid, entry in table.get("volumes", {}).items():
-        if entry.get("root") == ROOT_NAME:
-            out.append(Fetched(vid, entry["source"], parse_source(entry["source"]), entry.get("modality", ""),
-                               entry["licence"], entry["weights_ok"]))
-    return out
+    """The volumes of ``sources_toml`` whose root is "fetched", in file order (read as training reads it)."""
+    return [Fetched(e.id, e.source, parse_source(e.source), e.modality, e.licence, e.weights_ok)
+            for e in load_sources(sources_toml).volumes.values() if e.root == ROOT_NAME]
 
 
 def card_hashes(weights_dir: Path) -> dict[str, str]:

@@ -66,8 +66,16 @@ def load_sources(path: str | Path, shared_root: str | Path = "") -> DataSources:
              for name, p in raw.get("roots", {}).items()}
     if shared_root:
         roots[SHARED_ROOT] = Path(shared_root).resolve()
+    # [groups.NAME]: fields every volume of that group shares (a dataset's licence, root, modality); a volume's own
+    # keys win
+    groups = raw.get("groups", {})
+    for name, shared in groups.items():
+        unknown = set(shared) - {"root", "licence", "weights_ok", "modality"}
+        if unknown:
+            raise ValueError(f"{path.name}: unknown key(s) for group {name!r}: {', '.join(sorted(unknown))}")
     volumes = {}
-    for vid, table in raw.get("volumes", {}).items():
+    for vid, own in raw.get("volumes", {}).items():
+        table = {**groups.get(own.get("group"), {}), **own}
         unknown = set(table) - {"root", "group", "source", "licence", "weights_ok", "modality"}
         if unknown:
             raise ValueError(f"{path.name}: unknown key(s) for volume {vid!r}: {', '.join(sorted(unknown))}")
